@@ -1,0 +1,6 @@
+"""Few-shot task families: Omniglot, miniImageNet, the sinusoid family and embedded glyphs."""
+
+from .base import ClassImageDataset, TaskFamily
+from .sinusoid import Sinusoid
+
+__all__ = ["ClassImageDataset", "Sinusoid", "TaskFamily"]
