@@ -24,8 +24,9 @@ _FIXED_STREAM = 1
 
 
 def derive_seed(*words: int) -> int:
-    """A 63-bit seed from integers, stable across machines and Python/NumPy versions."""
-    state = np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0]
+    """A 63-bit seed from integers (negative ones too), stable across machines and versions."""
+    entropy = [int(w) % 2**64 for w in words]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
     return int(state) >> 1
 
 
