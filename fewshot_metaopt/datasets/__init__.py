@@ -1,6 +1,7 @@
 """Few-shot task families: Omniglot, miniImageNet, the sinusoid family and embedded glyphs."""
 
 from .base import ClassImageDataset, TaskFamily
+from .glyphs import Glyphs
 from .sinusoid import Sinusoid
 
-__all__ = ["ClassImageDataset", "Sinusoid", "TaskFamily"]
+__all__ = ["ClassImageDataset", "Glyphs", "Sinusoid", "TaskFamily"]

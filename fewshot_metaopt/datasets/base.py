@@ -135,7 +135,7 @@ class ClassImageDataset:
             )
 
     def normalise(self, pixels: Tensor) -> Tensor:
-        x = pixels.float().div_(255.0)
+        x = pixels.to(torch.float32).mul_(1.0 / 255.0)
         if self._mean is not None:
             x = x.sub_(self._mean)
         if self._std is not None:
@@ -155,15 +155,22 @@ class ClassImageDataset:
             order = torch.stack(
                 [torch.randperm(int(n), generator=generator)[:per_class] for n in self._class_size[classes]]
             )
-        pixels = self.images[self._class_start[classes].unsqueeze(1) + order]
+        rows = self._class_start[classes].unsqueeze(1) + order
+        # Support rows first, then query rows: one gather, and both sets are contiguous views.
+        flat = torch.cat([rows[:, :shots].reshape(-1), rows[:, shots:].reshape(-1)])
+        pixels = self.images.index_select(0, flat)
         if self._rotated:
-            pixels = self._rotate(pixels, self.class_rotation[classes])
+            turns = self.class_rotation[classes]
+            pixels = self._rotate(
+                pixels, torch.cat([turns.repeat_interleave(shots), turns.repeat_interleave(queries)])
+            )
         x = self.normalise(pixels)
         labels = torch.arange(ways)
+        n_support = ways * shots
         return Episode(
-            support_x=x[:, :shots].reshape(ways * shots, *x.shape[2:]),
+            support_x=x[:n_support],
             support_y=labels.repeat_interleave(shots),
-            query_x=x[:, shots:].reshape(ways * queries, *x.shape[2:]),
+            query_x=x[n_support:],
             query_y=labels.repeat_interleave(queries),
             classes=classes,
         )
