@@ -2,6 +2,7 @@
 
 from .base import ClassImageDataset, TaskFamily
 from .glyphs import Glyphs
+from .miniimagenet import MiniImageNet
 from .sinusoid import Sinusoid
 
-__all__ = ["ClassImageDataset", "Glyphs", "Sinusoid", "TaskFamily"]
+__all__ = ["ClassImageDataset", "Glyphs", "MiniImageNet", "Sinusoid", "TaskFamily"]

@@ -1,0 +1,110 @@
+"""Settings of :class:`GradientMetaLearner`, validated when built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ..optim.learned_lr import GRANULARITIES
+
+ALGORITHMS = ("maml", "fomaml", "meta_sgd", "anil")
+META_OPTIMIZERS = ("adam", "sgd")
+BATCH_NORM_MODES = ("transductive",)
+LOSSES = ("auto", "cross_entropy", "mse")
+
+SECOND_ORDER_LR_MESSAGE = (
+    "learned inner learning rates (Meta-SGD) need second-order meta-gradients: the rates act "
+    "only through the inner update, and first_order=True cuts that path; use first_order=False"
+)
+
+
+@dataclass
+class GradientMetaLearnerConfig:
+    """What a :class:`GradientMetaLearner` does.
+
+    algorithm: ``maml``, ``fomaml`` (MAML with first-order meta-gradients), ``meta_sgd``
+        (per-parameter learned inner lrs, Li et al. 2017) or ``anil`` (only the head adapts).
+    inner_lr: inner learning rate (the initial value when it is learned).
+    inner_steps / inner_steps_eval: inner steps when meta-training / evaluating
+        (``None``: same as training).
+    first_order: ``None`` follows the algorithm (True only for ``fomaml``).
+    meta_lr, meta_optimizer: the outer optimizer (``adam`` or ``sgd``).
+    lr_granularity: ``none``, ``scalar``, ``per_layer``, ``per_parameter``,
+        ``per_step_per_layer`` (MAML++); ``None``: ``per_parameter`` for meta_sgd, else ``none``.
+    multi_step_loss: MAML++'s loss over the query loss after every inner step; its weights
+        move linearly from uniform to the last step over ``multi_step_anneal_iters``
+        meta-iterations (0: stay uniform).
+    batch_norm: ``transductive`` — batch norm uses the statistics of the batch it sees, at
+        training and test time alike (MAML's reference setting); models should keep no
+        running statistics (see :func:`fewshot_metaopt.models.conv4`).
+    meta_grad_clip: clip the meta-gradient's global norm to this (``None``: no clipping).
+    allow_unused: let parameters get no inner gradient (otherwise an error names them).
+    skip_nonfinite_tasks: drop a task whose loss turns NaN/Inf and count it, instead of
+        raising.
+    loss: ``auto`` (cross-entropy for integer labels, MSE for float targets), or fixed.
+    """
+
+    algorithm: str = "maml"
+    inner_lr: float = 0.4
+    inner_steps: int = 1
+    inner_steps_eval: int | None = None
+    first_order: bool | None = None
+    meta_lr: float = 1e-3
+    meta_optimizer: str = "adam"
+    lr_granularity: str | None = None
+    multi_step_loss: bool = False
+    multi_step_anneal_iters: int = 0
+    batch_norm: str = "transductive"
+    meta_grad_clip: float | None = None
+    allow_unused: bool = False
+    skip_nonfinite_tasks: bool = False
+    loss: str = "auto"
+
+    def __post_init__(self) -> None:
+        def choose(name: str, value, options) -> None:
+            if value not in options:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
+
+        choose("algorithm", self.algorithm, ALGORITHMS)
+        choose("meta_optimizer", self.meta_optimizer, META_OPTIMIZERS)
+        choose("batch_norm", self.batch_norm, BATCH_NORM_MODES)
+        choose("loss", self.loss, LOSSES)
+        if self.lr_granularity is not None:
+            choose("lr_granularity", self.lr_granularity, GRANULARITIES)
+        if self.inner_steps < 1:
+            raise ValueError(f"inner_steps must be >= 1 for meta-training, got {self.inner_steps}")
+        if self.inner_steps_eval is not None and self.inner_steps_eval < 0:
+            raise ValueError(f"inner_steps_eval must be >= 0, got {self.inner_steps_eval}")
+        for name in ("inner_lr", "meta_lr"):
+            value = getattr(self, name)
+            if not value == value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"{name} must be finite, got {value}")
+        if self.meta_grad_clip is not None and self.meta_grad_clip <= 0:
+            raise ValueError(f"meta_grad_clip must be positive or None, got {self.meta_grad_clip}")
+        if self.multi_step_anneal_iters < 0:
+            raise ValueError(f"multi_step_anneal_iters must be >= 0, got {self.multi_step_anneal_iters}")
+        if self.algorithm == "fomaml" and self.first_order is False:
+            raise ValueError("algorithm 'fomaml' is first-order; first_order=False contradicts it")
+        if self.uses_first_order and self.granularity != "none":
+            raise ValueError(SECOND_ORDER_LR_MESSAGE)
+
+    @property
+    def uses_first_order(self) -> bool:
+        return self.algorithm == "fomaml" if self.first_order is None else bool(self.first_order)
+
+    @property
+    def granularity(self) -> str:
+        if self.lr_granularity is not None:
+            return self.lr_granularity
+        return "per_parameter" if self.algorithm == "meta_sgd" else "none"
+
+    @property
+    def eval_steps(self) -> int:
+        return self.inner_steps if self.inner_steps_eval is None else self.inner_steps_eval
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "GradientMetaLearnerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown learner key {unknown[0]!r} in {source}; known: {', '.join(sorted(known))}")
+        return cls(**values)

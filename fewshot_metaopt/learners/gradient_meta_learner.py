@@ -1,0 +1,302 @@
+"""MAML, first-order MAML, Meta-SGD and ANIL as one learner over an update rule (Phase 50.2).
+
+Meta-objective, for tasks ``i`` with support set ``S_i`` and query set ``Q_i``::
+
+    theta_i' = U^k(theta; S_i)                     k steps of the inner update rule U
+    L(theta, phi) = mean_i  L_Q_i(theta_i')        phi: the rule's own meta-parameters
+
+MAML differentiates through ``U^k`` (second order); first-order MAML treats the inner
+gradients as constants; Meta-SGD learns a per-parameter inner learning rate inside ``U``;
+ANIL adapts only the head. The inner loop runs on ``higher`` with our rule registered as a
+differentiable optimizer, so any rule with the update-rule contract plugs in.
+
+>>> learner = GradientMetaLearner(conv4(5), GradientMetaLearnerConfig(algorithm="meta_sgd"))
+>>> result = learner.meta_train_step(sampler.sample_batch(32))
+>>> learner.evaluate(sampler.fixed(600)).mean
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..engines.higher_engine import RuleOptimizer, detach_grads, functional_inner_loop
+from ..episodes.episode import Episode
+from ..optim.rules.base import UpdateRule
+from ..optim.rules.sgd import SGDRule
+from .config import GradientMetaLearnerConfig
+from .results import EvaluationResult, MetaTrainResult
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A task's loss became NaN or infinite; says which task, phase and inner step."""
+
+    def __init__(self, task: int, phase: str, step: int, value: float):
+        self.task, self.phase, self.step, self.value = task, phase, step, value
+        super().__init__(
+            f"task {task}: {phase} loss is {value} at inner step {step}; lower inner_lr, clip, "
+            "or set skip_nonfinite_tasks=True to drop such tasks and count them"
+        )
+
+
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the parameters of the model's last child that has any (its head)."""
+    owners = [name for name, child in model.named_children() if any(True for _ in child.parameters())]
+    if not owners:
+        return [name for name, _ in model.named_parameters()]
+    return [name for name, _ in model.named_parameters() if name.split(".")[0] == owners[-1]]
+
+
+class GradientMetaLearner:
+    """Gradient-based meta-learning of ``model`` (see the module docstring).
+
+    Args:
+        model: the network whose initialisation is meta-learned; never modified by adaptation.
+        config: a :class:`GradientMetaLearnerConfig`.
+        inner_optimizer: an update rule for the inner loop (default: SGD with the config's
+            learning-rate granularity, which is MAML or Meta-SGD).
+        adapted_parameters: names of the parameters the inner loop adapts (default: all, or
+            the head for ANIL).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: GradientMetaLearnerConfig | None = None,
+        inner_optimizer: UpdateRule | None = None,
+        adapted_parameters: Sequence[str] | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config = config or GradientMetaLearnerConfig()
+        params = dict(model.named_parameters())
+        if not params:
+            raise ValueError("the model has no parameters to meta-learn")
+        if adapted_parameters is None:
+            adapted_parameters = head_parameter_names(model) if config.algorithm == "anil" else list(params)
+        unknown = [n for n in adapted_parameters if n not in params]
+        if unknown or not adapted_parameters:
+            raise ValueError(f"adapted_parameters names no parameter of the model: {unknown or '[]'}")
+        self.adapted = list(adapted_parameters)
+        reference = next(iter(params.values()))
+        self.device = reference.device
+        if inner_optimizer is None:
+            inner_optimizer = SGDRule.for_params(
+                {n: params[n].shape for n in self.adapted},
+                lr=config.inner_lr,
+                granularity=config.granularity,
+                steps=config.inner_steps,
+            )
+        self.rule = inner_optimizer.to(device=reference.device, dtype=reference.dtype)
+        self.inner_optimizer = RuleOptimizer([(n, params[n]) for n in self.adapted], self.rule)
+        self._all_names = list(params)
+        meta_params = list(model.parameters()) + list(self.rule.parameters())
+        if config.meta_optimizer == "adam":
+            self.meta_optimizer: torch.optim.Optimizer = torch.optim.Adam(meta_params, lr=config.meta_lr)
+        else:
+            self.meta_optimizer = torch.optim.SGD(meta_params, lr=config.meta_lr)
+        self.iteration = 0
+
+    # ----------------------------------------------------------------------------- inner loop
+
+    def _loss(self, output: Tensor, target: Tensor, task: int, phase: str) -> Tensor:
+        kind = self.config.loss
+        if kind == "auto":
+            kind = "mse" if target.is_floating_point() else "cross_entropy"
+        if kind == "cross_entropy":
+            classes = output.shape[-1]
+            if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
+                bad = int(target.max()) if int(target.max()) >= classes else int(target.min())
+                raise ValueError(
+                    f"task {task}: {phase} label {bad} is out of range for a model with {classes} outputs"
+                )
+            return F.cross_entropy(output, target)
+        if output.shape != target.shape:
+            raise ValueError(
+                f"task {task}: {phase} targets of shape {tuple(target.shape)} do not match the "
+                f"model's output {tuple(output.shape)}"
+            )
+        return F.mse_loss(output, target)
+
+    def _forward(self, fmodel, x: Tensor, task: int, phase: str) -> Tensor:
+        try:
+            return fmodel(x)
+        except RuntimeError as err:
+            raise ValueError(
+                f"task {task}: {phase} inputs of shape {tuple(x.shape)} do not fit the model: {err}"
+            ) from err
+
+    def _checked(self, loss: Tensor, task: int, phase: str, step: int) -> Tensor:
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(task, phase, step, float(loss))
+        return loss
+
+    def _grad_callback(self, first_order: bool):
+        if self.config.allow_unused and not first_order:
+            return None
+        adapted = set(self.adapted)
+
+        def callback(grads):
+            if not self.config.allow_unused:
+                missing = [n for n, g in zip(self._all_names, grads) if g is None and n in adapted]
+                if missing:
+                    raise ValueError(
+                        f"parameters {missing} get no gradient from the support loss; adapt "
+                        "fewer parameters or set allow_unused=True"
+                    )
+            return detach_grads(grads) if first_order else grads
+
+        return callback
+
+    def _inner_loop(self, episode: Episode, steps: int, mode: str, task: int, per_step_query: bool):
+        """Adapt on the support set; returns the functional model and the query losses
+        (after every step when ``per_step_query``, else after the last) with final outputs."""
+        track = mode != "eval"
+        fmodel, diffopt = functional_inner_loop(self.model, self.inner_optimizer, track_higher_grads=track)
+        callback = self._grad_callback(first_order=mode == "first_order")
+        query_losses: list[Tensor] = []
+        output = None
+        for step in range(steps):
+            out = self._forward(fmodel, episode.support_x, task, "support")
+            loss = self._checked(self._loss(out, episode.support_y, task, "support"), task, "support", step)
+            diffopt.step(loss, grad_callback=callback)
+            if per_step_query and step < steps - 1:
+                output = self._forward(fmodel, episode.query_x, task, "query")
+                query_losses.append(self._loss(output, episode.query_y, task, "query"))
+        return fmodel, diffopt, query_losses
+
+    def adapt(self, episode: Episode, steps: int | None = None, differentiable: bool = False):
+        """The model adapted to ``episode``'s support set, as a functional model.
+
+        Call it on inputs: ``fmodel(x)``. The original parameters and buffers are untouched.
+        ``differentiable=True`` keeps the graph back to the meta-parameters.
+        """
+        steps = self.config.eval_steps if steps is None else steps
+        episode = episode.to(self.device)
+        mode = ("first_order" if self.config.uses_first_order else "second_order") if differentiable else "eval"
+        with torch.enable_grad():
+            fmodel, _, _ = self._inner_loop(episode, steps, mode, task=0, per_step_query=False)
+        return fmodel
+
+    # ----------------------------------------------------------------------------- outer loop
+
+    def _step_weights(self, steps: int) -> Tensor:
+        """MAML++ multi-step loss weights: uniform, annealed towards the last step."""
+        uniform = torch.full((steps,), 1.0 / steps)
+        anneal = self.config.multi_step_anneal_iters
+        if anneal == 0 or steps == 1:
+            return uniform
+        last = torch.zeros(steps)
+        last[-1] = 1.0
+        progress = min(self.iteration / anneal, 1.0)
+        return (1 - progress) * uniform + progress * last
+
+    @property
+    def meta_parameters(self) -> list[Tensor]:
+        return [p for group in self.meta_optimizer.param_groups for p in group["params"]]
+
+    def meta_train_step(self, episodes: Iterable[Episode]) -> MetaTrainResult:
+        """One outer update from a meta-batch of episodes."""
+        episodes = list(episodes)
+        if not episodes:
+            raise ValueError("meta_train_step needs at least one episode, got none")
+        cfg = self.config
+        mode = "first_order" if cfg.uses_first_order else "second_order"
+        steps = cfg.inner_steps
+        weights = self._step_weights(steps) if cfg.multi_step_loss else None
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        total_loss, correct, count, kept, skipped = 0.0, 0, 0, 0, 0
+        for task, episode in enumerate(episodes):
+            episode = episode.to(self.device)
+            try:
+                fmodel, _, losses = self._inner_loop(episode, steps, mode, task, per_step_query=cfg.multi_step_loss)
+                output = self._forward(fmodel, episode.query_x, task, "query")
+                final = self._checked(self._loss(output, episode.query_y, task, "query"), task, "query", steps)
+            except NonFiniteLossError:
+                if not cfg.skip_nonfinite_tasks:
+                    raise
+                skipped += 1
+                continue
+            losses.append(final)
+            objective = final if weights is None else sum(w * l for w, l in zip(weights.tolist(), losses))
+            (objective / len(episodes)).backward()
+            kept += 1
+            total_loss += final.item()
+            if not episode.query_y.is_floating_point():
+                correct += int((output.argmax(-1) == episode.query_y).sum())
+                count += episode.query_y.numel()
+        if kept == 0:
+            raise FloatingPointError(f"all {len(episodes)} tasks had non-finite losses; nothing was updated")
+        meta_params = self.meta_parameters
+        if skipped:
+            for p in meta_params:
+                if p.grad is not None:
+                    p.grad.mul_(len(episodes) / kept)
+        clip = cfg.meta_grad_clip if cfg.meta_grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(meta_params, clip))
+        if not math.isfinite(grad_norm):
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"meta-gradient norm is {grad_norm} at iteration {self.iteration}; nothing was updated "
+                "(lower meta_lr or inner_lr, or set meta_grad_clip)"
+            )
+        self.meta_optimizer.step()
+        self.iteration += 1
+        return MetaTrainResult(
+            loss=total_loss / kept,
+            accuracy=correct / count if count else None,
+            grad_norm=grad_norm,
+            tasks=kept,
+            skipped_tasks=skipped,
+        )
+
+    def evaluate(self, episodes: Iterable[Episode], steps: int | None = None) -> EvaluationResult:
+        """Adapt to each episode and score its query set: accuracy, or MSE for regression."""
+        values, losses, metric = [], [], "accuracy"
+        for task, episode in enumerate(episodes):
+            fmodel = self.adapt(episode, steps)
+            episode = episode.to(self.device)
+            with torch.no_grad():
+                output = self._forward(fmodel, episode.query_x, task, "query")
+                loss = float(self._loss(output, episode.query_y, task, "query"))
+            losses.append(loss)
+            if episode.query_y.is_floating_point():
+                metric = "mse"
+                values.append(loss)
+            else:
+                values.append(float((output.argmax(-1) == episode.query_y).float().mean()))
+        if not values:
+            raise ValueError("evaluate needs at least one episode, got none")
+        return EvaluationResult(metric=metric, values=values, losses=losses)
+
+    # ----------------------------------------------------------------------------- inspection
+
+    def get_learned_lr(self) -> dict[str, float]:
+        """Mean inner learning rate per adapted parameter tensor (fixed ones for MAML)."""
+        lrs = getattr(self.rule, "lrs", None)
+        if lrs is not None:
+            return lrs.means()
+        getter = getattr(self.rule, "get_learned_lr", None)
+        return getter() if getter is not None else {}
+
+    def learned_lr_tensors(self) -> dict[str, Tensor]:
+        """The full learned learning rates per adapted tensor (for histograms)."""
+        lrs = getattr(self.rule, "lrs", None)
+        return lrs.tensors() if lrs is not None else {}
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "rule": self.rule.state_dict(),
+            "meta_optimizer": self.meta_optimizer.state_dict(),
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.rule.load_state_dict(state["rule"])
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.iteration = int(state["iteration"])
