@@ -9,14 +9,29 @@ from .episodes import (
     stack_episodes,
 )
 
+from .learners import (
+    EvaluationResult,
+    GradientMetaLearner,
+    GradientMetaLearnerConfig,
+    MetaTrainResult,
+    ModelAgnosticMetaLearning,
+    train_maml,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "Episode",
     "EpisodeBatch",
     "EpisodeManifest",
+    "EvaluationResult",
+    "GradientMetaLearner",
+    "GradientMetaLearnerConfig",
+    "MetaTrainResult",
+    "ModelAgnosticMetaLearning",
     "TaskDistributionConfig",
     "TaskDistributionSampler",
     "stack_episodes",
+    "train_maml",
     "__version__",
 ]

@@ -2,6 +2,7 @@
 
 from .config import GradientMetaLearnerConfig
 from .gradient_meta_learner import GradientMetaLearner, NonFiniteLossError, head_parameter_names
+from .maml_api import ModelAgnosticMetaLearning, tensors_to_episodes, train_maml
 from .results import EvaluationResult, MetaTrainResult
 
 __all__ = [
@@ -9,6 +10,9 @@ __all__ = [
     "GradientMetaLearner",
     "GradientMetaLearnerConfig",
     "MetaTrainResult",
+    "ModelAgnosticMetaLearning",
     "NonFiniteLossError",
     "head_parameter_names",
+    "tensors_to_episodes",
+    "train_maml",
 ]

@@ -89,6 +89,7 @@ class GradientMetaLearner:
                 lr=config.inner_lr,
                 granularity=config.granularity,
                 steps=config.inner_steps,
+                dtype=reference.dtype,
             )
         self.rule = inner_optimizer.to(device=reference.device, dtype=reference.dtype)
         self.inner_optimizer = RuleOptimizer([(n, params[n]) for n in self.adapted], self.rule)
@@ -198,16 +199,16 @@ class GradientMetaLearner:
     def meta_parameters(self) -> list[Tensor]:
         return [p for group in self.meta_optimizer.param_groups for p in group["params"]]
 
-    def meta_train_step(self, episodes: Iterable[Episode]) -> MetaTrainResult:
-        """One outer update from a meta-batch of episodes."""
+    def accumulate_meta_gradient(self, episodes: Iterable[Episode]) -> MetaTrainResult:
+        """Add the meta-gradient of the mean query loss over ``episodes`` to the ``.grad`` of
+        every meta-parameter, without updating anything (``grad_norm`` is reported as NaN)."""
         episodes = list(episodes)
         if not episodes:
-            raise ValueError("meta_train_step needs at least one episode, got none")
+            raise ValueError("a meta-batch needs at least one episode, got none")
         cfg = self.config
         mode = "first_order" if cfg.uses_first_order else "second_order"
         steps = cfg.inner_steps
         weights = self._step_weights(steps) if cfg.multi_step_loss else None
-        self.meta_optimizer.zero_grad(set_to_none=True)
         total_loss, correct, count, kept, skipped = 0.0, 0, 0, 0, 0
         for task, episode in enumerate(episodes):
             episode = episode.to(self.device)
@@ -230,28 +231,33 @@ class GradientMetaLearner:
                 count += episode.query_y.numel()
         if kept == 0:
             raise FloatingPointError(f"all {len(episodes)} tasks had non-finite losses; nothing was updated")
-        meta_params = self.meta_parameters
         if skipped:
-            for p in meta_params:
+            for p in self.meta_parameters:
                 if p.grad is not None:
                     p.grad.mul_(len(episodes) / kept)
-        clip = cfg.meta_grad_clip if cfg.meta_grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(meta_params, clip))
-        if not math.isfinite(grad_norm):
-            self.meta_optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(
-                f"meta-gradient norm is {grad_norm} at iteration {self.iteration}; nothing was updated "
-                "(lower meta_lr or inner_lr, or set meta_grad_clip)"
-            )
-        self.meta_optimizer.step()
-        self.iteration += 1
         return MetaTrainResult(
             loss=total_loss / kept,
             accuracy=correct / count if count else None,
-            grad_norm=grad_norm,
+            grad_norm=math.nan,
             tasks=kept,
             skipped_tasks=skipped,
         )
+
+    def meta_train_step(self, episodes: Iterable[Episode]) -> MetaTrainResult:
+        """One outer update from a meta-batch of episodes."""
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        result = self.accumulate_meta_gradient(episodes)
+        clip = self.config.meta_grad_clip if self.config.meta_grad_clip is not None else math.inf
+        result.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.meta_parameters, clip))
+        if not math.isfinite(result.grad_norm):
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"meta-gradient norm is {result.grad_norm} at iteration {self.iteration}; nothing was "
+                "updated (lower meta_lr or inner_lr, or set meta_grad_clip)"
+            )
+        self.meta_optimizer.step()
+        self.iteration += 1
+        return result
 
     def evaluate(self, episodes: Iterable[Episode], steps: int | None = None) -> EvaluationResult:
         """Adapt to each episode and score its query set: accuracy, or MSE for regression."""

@@ -34,6 +34,7 @@ class LearnedLR(nn.Module):
         granularity: str = "none",
         init: float = 0.01,
         steps: int = 1,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if granularity not in GRANULARITIES:
@@ -45,16 +46,18 @@ class LearnedLR(nn.Module):
         self.steps = steps
         self.names = list(shapes)
         self._index = {name: i for i, name in enumerate(self.names)}
+        # Built in the parameters' own dtype: a float32 round trip would perturb a float64 lr.
+        def full(shape) -> nn.Parameter:
+            return nn.Parameter(torch.full(tuple(shape), self.init, dtype=dtype))
+
         if granularity == "scalar":
-            self.values = nn.ParameterList([nn.Parameter(torch.tensor(self.init))])
+            self.values = nn.ParameterList([full(())])
         elif granularity == "per_layer":
-            self.values = nn.ParameterList([nn.Parameter(torch.tensor(self.init)) for _ in self.names])
+            self.values = nn.ParameterList([full(()) for _ in self.names])
         elif granularity == "per_parameter":
-            self.values = nn.ParameterList(
-                [nn.Parameter(torch.full(tuple(shapes[n]), self.init)) for n in self.names]
-            )
+            self.values = nn.ParameterList([full(shapes[n]) for n in self.names])
         elif granularity == "per_step_per_layer":
-            self.values = nn.ParameterList([nn.Parameter(torch.full((steps, len(self.names)), self.init))])
+            self.values = nn.ParameterList([full((steps, len(self.names)))])
         else:
             self.values = nn.ParameterList()
 

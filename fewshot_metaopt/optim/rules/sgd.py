@@ -23,9 +23,14 @@ class SGDRule(UpdateRule):
 
     @classmethod
     def for_params(
-        cls, shapes: Mapping[str, torch.Size], lr: float, granularity: str = "none", steps: int = 1
+        cls,
+        shapes: Mapping[str, torch.Size],
+        lr: float,
+        granularity: str = "none",
+        steps: int = 1,
+        dtype: torch.dtype | None = None,
     ) -> "SGDRule":
-        return cls(LearnedLR(shapes, granularity=granularity, init=lr, steps=steps))
+        return cls(LearnedLR(shapes, granularity=granularity, init=lr, steps=steps, dtype=dtype))
 
     def update(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]:
         new = dict(params)
