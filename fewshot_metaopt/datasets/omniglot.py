@@ -58,10 +58,10 @@ def _valid_splits() -> str:
 # Pillow spends most of ~0.4 ms per Omniglot PNG in per-image Python overhead, so 32k images
 # take over 10 s. The images are 1-bit grayscale PNGs; the fast path below parses them with
 # zlib, reverses the PNG row filters for all images of an archive at once with numpy, and
-# resizes whole batches with a re-implementation of Pillow's 8-bit LANCZOS (same coefficients,
-# same fixed-point rounding, same two passes). Its output is checked against Pillow on a few
-# images of every build; any difference, and any PNG outside the fast path's reach, goes
-# through Pillow itself.
+# resizes whole batches of square pictures with a re-implementation of Pillow's 8-bit LANCZOS
+# (same coefficients, same fixed-point rounding, same two passes). Its output is checked against
+# Pillow on a few images of every build; any difference, and any PNG outside the fast path's
+# reach, goes through Pillow itself. On the real archives the two agree on all 32,460 images.
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8 bits per channel
