@@ -132,7 +132,7 @@ class GradientMetaLearner:
 
     def _checked(self, loss: Tensor, task: int, phase: str, step: int) -> Tensor:
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(task, phase, step, float(loss))
+            raise NonFiniteLossError(task, phase, step, float(loss.detach()))
         return loss
 
     def _grad_callback(self, first_order: bool):
