@@ -192,11 +192,11 @@ def test_sinusoid_meta_training_beats_the_untrained_initialisation():
     sampler = TaskDistributionSampler(Sinusoid(), shots=10, queries=10, seed=0)
     torch.manual_seed(0)
     learner = GradientMetaLearner(
-        mlp(1, 1), GradientMetaLearnerConfig(inner_lr=0.01, inner_steps=1, meta_lr=0.01)
+        mlp(1, 1), GradientMetaLearnerConfig(algorithm="meta_sgd", inner_lr=0.01, inner_steps=1, meta_lr=0.003)
     )
     test = sampler.fixed(50)
     before = learner.evaluate(test)
-    for _ in range(150):
+    for _ in range(200):
         learner.meta_train_step(sampler.sample_batch(4))
     after = learner.evaluate(test)
     assert before.metric == after.metric == "mse"

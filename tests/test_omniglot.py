@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -202,37 +201,23 @@ def test_image_size(source, cache, image_size):
 # ----------------------------------------------------------------------------- decoder
 
 
-def test_fast_decoder_matches_pillow_for_every_png_filter():
-    rng = np.random.default_rng(3)
-    inks = [fx.random_ink(rng) for _ in range(6)] + [fx.random_ink(rng, 37)]
-    blobs = [fx.encode_png_1bit(ink, [int(f) for f in rng.integers(0, 5, ink.shape[0])]) for ink in inks]
-    blobs.append(fx.encode_png_1bit(inks[0], [3] * 105))  # Avg only
-    blobs.append(fx.encode_png_1bit(inks[1], [4] * 105))  # Paeth only
-    blobs.append(fx.encode_png_1bit(inks[2], extra=fx._chunk(b"tEXt", b"a\0b")))
-    for size in (28, 16, 105):
-        got = om._decode_images(blobs, [f"png{i}" for i in range(len(blobs))], size)
-        expected = np.stack([fx.expected_pixels(b, size) for b in blobs])
-        assert np.array_equal(got, expected)
-
-
-def test_pngs_outside_the_fast_path_go_through_pillow():
+def test_decoder_inverts_and_resizes_any_png_mode():
     from PIL import Image
 
     rng = np.random.default_rng(4)
     ink = fx.random_ink(rng)
-    blobs = []
+    blobs = [fx.png_bytes(ink)]
     for mode in ("L", "RGB"):
         buf = io.BytesIO()
         Image.fromarray(np.where(ink, 0, 255).astype(np.uint8)).convert(mode).save(buf, format="PNG")
         blobs.append(buf.getvalue())
-    blobs.append(fx.encode_png_1bit(ink, extra=fx._chunk(b"PLTE", b"\0\0\0")))  # unknown critical chunk
-    bad_crc = bytearray(fx.png_bytes(ink))
-    bad_crc[30] ^= 0xFF  # inside IHDR's CRC-protected bytes: Pillow must judge it
-    got = om._decode_images(blobs, ["a", "b", "c"], 28)
-    expected = np.stack([fx.expected_pixels(b) for b in blobs])
-    assert np.array_equal(got, expected)
-    with pytest.raises(ValueError, match=r"corrupt image: member 'x' of y"):
-        om._decode_images([bytes(bad_crc)], ["member 'x' of y"], 28)
+    for size in (28, 105):
+        got = om._decode_images(blobs, ["a", "b", "c"], size)
+        expected = np.stack([fx.expected_pixels(b, size) for b in blobs])
+        assert np.array_equal(got, expected)
+        # strokes are bright: the ink pixels of the full-size picture are 255
+        if size == 105:
+            assert (got[0][ink] == 255).all() and (got[0][~ink] == 0).all()
 
 
 @pytest.mark.parametrize(
@@ -247,48 +232,6 @@ def test_pngs_outside_the_fast_path_go_through_pillow():
 def test_corrupt_png_is_named(blob):
     with pytest.raises(ValueError, match=r"corrupt image: file 'A/character01/1.png' in /x"):
         om._decode_images([blob], ["file 'A/character01/1.png' in /x"], 28)
-
-
-def test_fast_path_shortcuts_refused():
-    ink = np.zeros((105, 105), bool)
-    good = fx.encode_png_1bit(ink)
-    for blob in (
-        good[:8] + fx._chunk(b"IHDR", b"\0" * 12) + good[33:],  # IHDR of the wrong length
-        good[:8] + fx._chunk(b"IHDR", good[16:29]) + fx._chunk(b"IEND", b""),  # no IDAT
-        good[:8] + fx._chunk(b"IHDR", good[16:29]) + fx._chunk(b"IDAT", b"\x78\x9c\x03") + fx._chunk(b"IEND", b""),
-        good[:8] + fx._chunk(b"IHDR", good[16:29]) + fx._chunk(b"IDAT", b"xx") + fx._chunk(b"IEND", b""),
-        good[:8] + fx._chunk(b"IHDR", good[16:29]) + fx._chunk(b"IDAT", zlib.compress(b"\0")) + fx._chunk(b"IEND", b""),
-        good[:-12],  # no IEND
-        good[:-12] + (1000).to_bytes(4, "big") + b"IDAT" + b"\0" * 10,  # chunk longer than the file
-    ):
-        with pytest.raises(om._SlowPath):
-            om._png_scanlines(blob)
-
-
-def test_self_check_falls_back_to_pillow(monkeypatch):
-    rng = np.random.default_rng(5)
-    blobs = [fx.png_bytes(fx.random_ink(rng)) for _ in range(5)]
-    real_round8 = om._round8
-    monkeypatch.setattr(om, "_round8", lambda sums: real_round8(sums + (1 << 22)))
-    with pytest.warns(UserWarning, match="disagrees with Pillow"):
-        got = om._decode_images(blobs, ["x"] * 5, 28)
-    assert np.array_equal(got, np.stack([fx.expected_pixels(b) for b in blobs]))
-
-
-def test_lanczos_weights_match_pillow_for_odd_sizes():
-    from PIL import Image
-
-    rng = np.random.default_rng(6)
-    for shape in ((3, 31, 31), (2, 31, 17), (2, 12, 40)):
-        images = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        for size in (1, 5, 9, 40):
-            got = om._resize(images, size)
-            for img, out in zip(images, got):
-                ref = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
-                assert np.array_equal(out, ref)
-        bits = images > 128
-        got = om._resize(bits.astype(np.uint8), 9, binary=True)
-        assert np.array_equal(got, om._resize(bits * np.uint8(255), 9))
 
 
 # ----------------------------------------------------------------------------- cache
@@ -380,19 +323,8 @@ def test_damaged_zip_member_is_named(root, cache, source):
         Omniglot(root, "background", cache_dir=cache)
     data[info.header_offset] = 0  # now the local header itself is broken
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="bad local header"):
+    with pytest.raises(ValueError, match="Bad magic number for file header"):
         Omniglot(root, "background", cache_dir=cache)
-
-
-def test_truncated_zip_member(source, tmp_path):
-    path = fx.write_zip(tmp_path / "t.zip", source[1]["images_background"], compression=zipfile.ZIP_STORED)
-    with zipfile.ZipFile(path) as zf:
-        last = zf.infolist()[-1]
-        data = path.read_bytes()
-        assert om._zip_member(zf, data, last.filename) == zf.read(last)
-        cut = data[: last.header_offset + 40 + len(last.filename)]
-        with pytest.raises(ValueError, match="truncated member"):
-            om._zip_member(zf, cut, last.filename)
 
 
 def test_unreadable_or_mismatched_cache_is_rebuilt(root, cache):

@@ -18,12 +18,9 @@ loads read the cache only.
 
 from __future__ import annotations
 
-import functools
 import io
-import math
 import os
 import re
-import struct
 import warnings
 import zipfile
 import zlib
@@ -32,6 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 from .base import ClassImageDataset
 from .cache import atomic_write_npz, file_digest, key_of, load_npz, resolve_cache_dir, tree_digest
@@ -54,262 +52,28 @@ def _valid_splits() -> str:
 
 
 # ----------------------------------------------------------------------------- decoding
-#
-# Pillow spends most of ~0.4 ms per Omniglot PNG in per-image Python overhead, so 32k images
-# take over 10 s. The images are 1-bit grayscale PNGs; the fast path below parses them with
-# zlib, reverses the PNG row filters for all images of an archive at once with numpy, and
-# resizes whole batches of square pictures with a re-implementation of Pillow's 8-bit LANCZOS
-# (same coefficients, same fixed-point rounding, same two passes). Its output is checked against
-# Pillow on a few images of every build; any difference, and any PNG outside the fast path's
-# reach, goes through Pillow itself. On the real archives the two agree on all 32,460 images.
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8 bits per channel
-_RESIZE_BATCH = 1024
-_SELF_CHECKS = 4
 
 
-class _SlowPath(Exception):
-    """The fast path does not handle this PNG; Pillow will."""
-
-
-def _png_scanlines(data: bytes) -> tuple[int, int, bytes]:
-    """``(width, height, filtered rows)`` of a 1-bit grayscale non-interlaced PNG."""
-    if data[:8] != _PNG_SIGNATURE:
-        raise _SlowPath
-    pos, end = 8, len(data)
-    header = None
-    idat = []
-    while True:
-        if pos + 12 > end:
-            raise _SlowPath
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        body = data[pos + 8 : pos + 8 + length]
-        if len(body) != length or pos + 12 + length > end:
-            raise _SlowPath
-        (crc,) = struct.unpack_from(">I", data, pos + 8 + length)
-        if zlib.crc32(body, zlib.crc32(kind)) != crc:
-            raise _SlowPath
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body) if length == 13 else None
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-        elif not kind[0] & 0x20:  # an unknown critical chunk (PLTE, ...)
-            raise _SlowPath
-        pos += 12 + length
-    if header is None or header[2:] != (1, 0, 0, 0, 0) or not idat:
-        raise _SlowPath
-    width, height = header[0], header[1]
-    try:
-        rows = zlib.decompress(b"".join(idat))
-    except zlib.error:
-        raise _SlowPath from None
-    size = ((width + 7) // 8 + 1) * height
-    if width == 0 or height == 0 or len(rows) < size:
-        raise _SlowPath
-    return width, height, rows[:size]
-
-
-def _unfilter(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reverse the PNG row filters of ``(n, height, 1 + row_bytes)`` images (one byte per pixel
-    step, as for every bit depth below 8). Returns the rows and a mask of images with an invalid
-    filter type."""
-    n, height, stride = raw.shape
-    width = stride - 1
-    out = np.empty((n, height, width), dtype=np.uint8)
-    prev = np.zeros((n, width), dtype=np.uint8)
-    bad = np.zeros(n, dtype=bool)
-    for r in range(height):
-        kind = raw[:, r, 0]
-        x = raw[:, r, 1:]
-        cur = x.copy()
-        up = kind == 2
-        cur[up] += prev[up]
-        sub = np.flatnonzero(kind == 1)
-        if sub.size:
-            cur[sub] = np.cumsum(x[sub], axis=1, dtype=np.uint8)
-        for code in (3, 4):
-            rows = np.flatnonzero(kind == code)
-            if not rows.size:
-                continue
-            xs = x[rows].astype(np.int16)
-            above = prev[rows].astype(np.int16)
-            res = np.empty_like(xs)
-            left = np.zeros(rows.size, dtype=np.int16)
-            upper_left = np.zeros(rows.size, dtype=np.int16)
-            for j in range(width):
-                b = above[:, j]
-                if code == 3:
-                    pred = (left + b) >> 1
-                else:
-                    p = left + b - upper_left
-                    pa, pb, pc = np.abs(p - left), np.abs(p - b), np.abs(p - upper_left)
-                    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, b, upper_left))
-                left = (xs[:, j] + pred) & 0xFF
-                res[:, j] = left
-                upper_left = b
-            cur[rows] = res.astype(np.uint8)
-        bad |= kind > 4
-        out[:, r] = cur
-        prev = cur
-    return out, bad
-
-
-@functools.lru_cache(maxsize=16)
-def _lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's LANCZOS coefficients (``precompute_coeffs`` + ``normalize_coeffs_8bpc``) as an
-    ``(out_size, in_size)`` matrix of 22-bit fixed-point integers (held in float64, exactly)."""
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 3.0 * filterscale
-    inv = 1.0 / filterscale
-
-    def sinc(x: float) -> float:
-        if x == 0.0:
-            return 1.0
-        x *= math.pi
-        return math.sin(x) / x
-
-    def lanczos(x: float) -> float:
-        return sinc(x) * sinc(x / 3.0) if -3.0 <= x < 3.0 else 0.0
-
-    matrix = np.zeros((out_size, in_size), dtype=np.float64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size) - xmin
-        weights = [lanczos((x + xmin - center + 0.5) * inv) for x in range(xmax)]
-        total = 0.0
-        for w in weights:  # summed in order, as the C loop does
-            total += w
-        for x, w in enumerate(weights):
-            w = w / total if total != 0.0 else w
-            scaled = w * (1 << _PRECISION_BITS)
-            matrix[xx, xmin + x] = int(scaled - 0.5) if w < 0 else int(scaled + 0.5)
-    return matrix
-
-
-def _round8(sums: np.ndarray) -> np.ndarray:
-    """Pillow's ``clip8``, in place: ``(sum + 2**21) >> 22`` clipped to 0..255 (``sums`` hold
-    integers)."""
-    sums += float(1 << (_PRECISION_BITS - 1))
-    sums *= 1.0 / (1 << _PRECISION_BITS)  # a power of two: exact
-    np.floor(sums, out=sums)
-    return np.clip(sums, 0, 255, out=sums)
-
-
-def _resize(images: np.ndarray, image_size: int, binary: bool = False) -> np.ndarray:
-    """Pillow ``resize((s, s), LANCZOS)`` of ``(n, h, w)`` uint8 images, bit for bit.
-
-    With ``binary=True`` the images hold 0/1 and stand for 0/255 pictures. Square pictures
-    are resized here, horizontal pass first as Pillow does for them; others by Pillow.
-    """
-    n, height, width = images.shape
-    if (height, width) == (image_size, image_size):
-        return images * np.uint8(255) if binary else images.copy()
-    if height != width:
-        # Pillow may run the vertical pass first for oblong pictures; leave those to it.
-        from PIL import Image
-
-        pixels = images * np.uint8(255) if binary else images
-        return np.stack(
-            [np.asarray(Image.fromarray(p).resize((image_size, image_size), Image.LANCZOS)) for p in pixels]
-        )
-    horizontal = _lanczos_weights(width, image_size).T  # (w, s)
-    vertical = _lanczos_weights(height, image_size).T  # (h, s)
-    horizontal32 = horizontal.astype(np.float32)
-    out = np.empty((n, image_size, image_size), dtype=np.uint8)
-    for start in range(0, n, _RESIZE_BATCH):
-        block = images[start : start + _RESIZE_BATCH]
-        m = block.shape[0]
-        flat = block.reshape(m * height, width)
-        # Every product and partial sum is an integer small enough for the float type used
-        # (below 2**24 for 0/1 pixels in float32, below 2**53 in float64), so the matrix
-        # products give Pillow's fixed-point sums exactly. Horizontal pass, rounded to 8 bits:
-        if binary:
-            # Blank rows (about half of an Omniglot picture) sum to 0: skip them.
-            live = np.flatnonzero(flat.any(axis=1))
-            sums = np.zeros((m * height, image_size), dtype=np.float64)
-            sums[live] = flat[live].astype(np.float32) @ horizontal32
-            sums *= 255.0
-        else:
-            sums = flat.astype(np.float64) @ horizontal
-        rows = _round8(sums)
-        # then the vertical pass, over the columns of that intermediate image.
-        cols = rows.reshape(m, height, image_size).transpose(0, 2, 1).reshape(m * image_size, height)
-        cols = _round8(cols @ vertical)
-        out[start : start + m] = cols.reshape(m, image_size, image_size).transpose(0, 2, 1)
-    return out
-
-
-def _pil_pixels(data: bytes, where: str) -> np.ndarray:
-    """Pillow's decoding of one PNG: grayscale, inverted, full size, uint8."""
-    from PIL import Image, ImageOps
-
+def _decode_one(data: bytes, where: str, image_size: int) -> np.ndarray:
+    """One PNG -> grayscale, inverted (ink 255 on 0), LANCZOS-resized, uint8."""
     try:
         img = Image.open(io.BytesIO(data), formats=("PNG",))
-        img.load()
-        return np.asarray(ImageOps.invert(img.convert("L")), dtype=np.uint8)
+        img = ImageOps.invert(img.convert("L"))
     except Exception as err:  # Pillow raises several types for damaged files
         raise ValueError(
             f"Omniglot: corrupt image: {where} could not be decoded ({type(err).__name__}: {err}); "
             f"replace the archive (delete it and pass download=True)"
         ) from None
-
-
-def _pil_reference(data: bytes, where: str, image_size: int) -> np.ndarray:
-    """The whole preprocessing done by Pillow alone (the fast path must agree with it)."""
-    from PIL import Image
-
-    full = _pil_pixels(data, where)
-    if full.shape == (image_size, image_size):
-        return full
-    img = Image.fromarray(full).resize((image_size, image_size), Image.LANCZOS)
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.LANCZOS)
     return np.asarray(img, dtype=np.uint8)
 
 
 def _decode_images(blobs: Sequence[bytes], wheres: Sequence[str], image_size: int) -> np.ndarray:
     """PNG bytes -> ``(n, image_size, image_size)`` uint8, strokes 255 on 0."""
-    n = len(blobs)
-    out = np.empty((n, image_size, image_size), dtype=np.uint8)
-    fast: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
-    slow: list[int] = []
-    for i, data in enumerate(blobs):
-        try:
-            width, height, rows = _png_scanlines(data)
-        except _SlowPath:
-            slow.append(i)
-        else:
-            fast.setdefault((height, width), []).append((i, rows))
-    checked: list[int] = []
-    for (height, width), items in fast.items():
-        index = np.array([i for i, _ in items])
-        raw = np.frombuffer(b"".join(rows for _, rows in items), dtype=np.uint8)
-        rows, bad = _unfilter(raw.reshape(len(items), height, -1))
-        slow.extend(int(i) for i in index[bad])
-        index, rows = index[~bad], rows[~bad]
-        for start in range(0, len(index), _RESIZE_BATCH):
-            # 1-bit pixels: 0 is ink, 1 is paper; stored inverted, ink = 255.
-            ink = np.unpackbits(~rows[start : start + _RESIZE_BATCH], axis=2)[:, :, :width]
-            out[index[start : start + _RESIZE_BATCH]] = _resize(ink, image_size, binary=True)
-        if index.size:
-            checked.extend(int(index[j]) for j in np.linspace(0, index.size - 1, _SELF_CHECKS).astype(int))
-    by_shape: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
-    for i in sorted(set(slow)):
-        full = _pil_pixels(blobs[i], wheres[i])
-        by_shape.setdefault(full.shape, []).append((i, full))
-    for items in by_shape.values():
-        out[[i for i, _ in items]] = _resize(np.stack([full for _, full in items]), image_size)
-        checked.append(items[0][0])
-    for i in checked:
-        if not np.array_equal(out[i], _pil_reference(blobs[i], wheres[i], image_size)):
-            warnings.warn(
-                "Omniglot: the fast PNG path disagrees with Pillow on this system; decoding every "
-                "image with Pillow instead (slower)"
-            )
-            return np.stack([_pil_reference(b, w, image_size) for b, w in zip(blobs, wheres)])
+    out = np.empty((len(blobs), image_size, image_size), dtype=np.uint8)
+    for i, (data, where) in enumerate(zip(blobs, wheres)):
+        out[i] = _decode_one(data, where, image_size)
     return out
 
 
@@ -382,38 +146,16 @@ def _read_images(kind: str, source: Path, stem: str) -> tuple[list[tuple[str, st
                     f"'..'; the archive is corrupt or malicious"
                 )
         entries = _sorted_entries(names, stem, source)
-        data = source.read_bytes()
         blobs = []
         for _, name in entries:
             try:
-                blobs.append(_zip_member(zf, data, name))
-            except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as err:
+                blobs.append(zf.read(name))
+            except (zipfile.BadZipFile, zlib.error, EOFError) as err:
                 raise ValueError(
                     f"Omniglot: corrupt image: member {name!r} of {source} cannot be read ({err}); "
                     f"replace the archive (delete it and pass download=True)"
                 ) from None
     return [k for k, _ in entries], blobs, [f"member {name!r} of {source}" for _, name in entries]
-
-
-def _zip_member(zf: zipfile.ZipFile, data: bytes, name: str) -> bytes:
-    """A member's bytes, inflated straight from the archive's bytes (``zipfile.read`` costs
-    ten times more per small member); unusual members go through ``zipfile``."""
-    info = zf.getinfo(name)
-    offset = info.header_offset
-    if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        return zf.read(info)
-    if data[offset : offset + 4] != b"PK\x03\x04":
-        raise ValueError("bad local header")
-    name_len, extra_len = struct.unpack_from("<HH", data, offset + 26)
-    start = offset + 30 + name_len + extra_len
-    payload = data[start : start + info.compress_size]
-    if len(payload) != info.compress_size:
-        raise ValueError("truncated member")
-    if info.compress_type == zipfile.ZIP_DEFLATED:
-        payload = zlib.decompress(payload, -15)
-    if len(payload) != info.file_size or zlib.crc32(payload) != info.CRC:
-        raise ValueError("CRC or size mismatch")
-    return payload
 
 
 def _cache_path(cache_dir: Path, stem: str, kind: str, source: Path, image_size: int) -> Path:
