@@ -90,9 +90,16 @@ class ClassImageDataset:
         self._uniform_size = int(self._class_size.min()) if n else 0
         if n and int(self._class_size.max()) != self._uniform_size:
             self._uniform_size = 0
-        self._rotated = bool((self.class_rotation % 4 != 0).any())
-        if self._rotated and images.shape[-1] != images.shape[-2]:
+        rotated = bool((self.class_rotation % 4 != 0).any())
+        if rotated and images.shape[-1] != images.shape[-2]:
             raise ValueError(f"{name}: rotated classes need square images, got {tuple(images.shape[-2:])}")
+        # Rotated classes read from all four quarter turns stacked once (4x the uint8 pixels,
+        # about 100 MB for Omniglot): an episode is then a single gather, where rotating its
+        # images after the gather costs more than everything else in sampling together.
+        self._source = (
+            torch.cat([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)]) if rotated else images
+        )
+        self._class_start = self._class_start + (self.class_rotation % 4) * images.shape[0]
         c = images.shape[1]
         self._mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(c, 1, 1)
         self._std = None if std is None else torch.tensor(std, dtype=torch.float32).view(c, 1, 1)
@@ -158,12 +165,7 @@ class ClassImageDataset:
         rows = self._class_start[classes].unsqueeze(1) + order
         # Support rows first, then query rows: one gather, and both sets are contiguous views.
         flat = torch.cat([rows[:, :shots].reshape(-1), rows[:, shots:].reshape(-1)])
-        pixels = self.images.index_select(0, flat)
-        if self._rotated:
-            turns = self.class_rotation[classes]
-            pixels = self._rotate(
-                pixels, torch.cat([turns.repeat_interleave(shots), turns.repeat_interleave(queries)])
-            )
+        pixels = self._source.index_select(0, flat)
         x = self.normalise(pixels)
         labels = torch.arange(ways)
         n_support = ways * shots
@@ -174,13 +176,3 @@ class ClassImageDataset:
             query_y=labels.repeat_interleave(queries),
             classes=classes,
         )
-
-    @staticmethod
-    def _rotate(pixels: Tensor, quarter_turns: Tensor) -> Tensor:
-        # ``pixels`` is a fresh gather, so rotating its rows in place aliases nothing.
-        turns = quarter_turns % 4
-        for k in range(1, 4):
-            rows = (turns == k).nonzero().flatten()
-            if rows.numel():
-                pixels[rows] = torch.rot90(pixels[rows], k, dims=(-2, -1))
-        return pixels
