@@ -1,9 +1,11 @@
-"""Quick start on the embedded Glyphs data set: build its cache, describe episodes, time sampling.
+"""Quick start on the embedded Glyphs data set: a short Meta-SGD run, 5-way 1-shot.
 
-    bash benchmarks/quickstart.sh [--seed 0] [--episodes 2000]
+    bash benchmarks/quickstart.sh [--seed 0] [--iterations 300] [--algorithm meta_sgd]
 
-Needs no download. Prints each split's size and cache, the statistics of a fixed manifest of
-5-way 1-shot and 20-way 5-shot episodes, and the median time to sample one episode.
+Needs no download. Builds the Glyphs cache, prints each split's size, episode statistics and
+sampling speed, meta-trains conv4 for a few minutes on 2 cores, and ends with test accuracy
+± 95% CI on 600 fixed test episodes (untrained baseline alongside) and the learned inner
+learning rates.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import time
 
 import torch
 
-from fewshot_metaopt import TaskDistributionSampler, stack_episodes
+from tqdm.auto import tqdm
+
+from fewshot_metaopt import GradientMetaLearner, GradientMetaLearnerConfig, TaskDistributionSampler, stack_episodes
 from fewshot_metaopt.datasets import Glyphs
+from fewshot_metaopt.models import conv4
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -32,7 +37,11 @@ def median_ms(fn, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="data set and sampler seed")
-    parser.add_argument("--episodes", type=int, default=2000, help="episodes timed per setting")
+    parser.add_argument("--episodes", type=int, default=500, help="episodes timed per sampling setting")
+    parser.add_argument("--iterations", type=int, default=300, help="meta-training iterations")
+    parser.add_argument("--meta-batch", type=int, default=8, help="episodes per meta-iteration")
+    parser.add_argument("--algorithm", default="meta_sgd", choices=["maml", "fomaml", "meta_sgd", "anil"])
+    parser.add_argument("--test-episodes", type=int, default=600, help="fixed test episodes")
     parser.add_argument("--cache-dir", default=None, help="cache folder (default: ~/.cache/fewshot_metaopt)")
     args = parser.parse_args()
 
@@ -50,7 +59,7 @@ def main() -> None:
     train_names = set(splits["train"].class_names)
     assert not train_names & set(splits["test"].class_names), "train/test classes overlap"
 
-    print("\n== episodes (fixed manifest of 100 per setting, test split) ==")
+    print("\n== episodes (fixed manifest of 100 per setting, test split; sampling timed on train) ==")
     for ways, shots, queries in ((5, 1, 15), (5, 5, 15), (20, 1, 15), (20, 5, 15)):
         sampler = TaskDistributionSampler(splits["test"], ways=ways, shots=shots, queries=queries, seed=args.seed)
         batch = stack_episodes(list(sampler.fixed(100)))
@@ -64,7 +73,29 @@ def main() -> None:
             f"{distinct}/100 distinct class sets, sampling {ms:.3f} ms/episode "
             f"({1e3 / ms:,.0f} episodes/s)"
         )
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    print(f"\n== {args.algorithm}, conv4-32, 5-way 1-shot, {args.iterations} iterations x {args.meta_batch} episodes ==")
+    torch.manual_seed(args.seed)
+    config = GradientMetaLearnerConfig(
+        algorithm=args.algorithm, inner_lr=0.4, inner_steps=1, inner_steps_eval=3, meta_lr=3e-3
+    )
+    learner = GradientMetaLearner(conv4(5, hidden=32), config)
+    train = TaskDistributionSampler(splits["train"], ways=5, shots=1, queries=5, seed=args.seed)
+    test = TaskDistributionSampler(splits["test"], ways=5, shots=1, queries=15, seed=args.seed).fixed(args.test_episodes)
+    baseline = learner.evaluate(test)
+    start = time.perf_counter()
+    bar = tqdm(range(args.iterations), desc="meta-train", unit="it")
+    for _ in bar:
+        result = learner.meta_train_step(train.sample_batch(args.meta_batch))
+        bar.set_postfix(loss=f"{result.loss:.3f}", acc=f"{result.accuracy:.3f}")
+    seconds = time.perf_counter() - start
+    final = learner.evaluate(test)
+    print(f"untrained initialisation: test {baseline}")
+    print(f"after {seconds:.0f} s of meta-training: test {final}")
+    lrs = learner.get_learned_lr()
+    if args.algorithm == "meta_sgd":
+        print("learned inner lr per tensor (mean):", ", ".join(f"{k} {v:.3f}" for k, v in lrs.items()))
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, seed {args.seed}")
 
 
 if __name__ == "__main__":

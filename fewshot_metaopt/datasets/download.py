@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 _CHUNK = 1 << 20
 _HTML_PREFIXES = (b"<!doctype", b"<html")
@@ -123,14 +123,18 @@ def safe_extract(archive: str | os.PathLike | zipfile.ZipFile, dest: str | os.Pa
         return _safe_extract(zf, Path(dest), str(archive))
 
 
-def _safe_extract(zf: zipfile.ZipFile, dest: Path, label: str) -> list[Path]:
-    names = zf.namelist()
+def check_members(names: Iterable[str], label: str) -> None:
+    """Refuse an archive with any member named by an absolute path or through ``..``."""
     for name in names:
         if not is_safe_member(name):
             raise ValueError(
-                f"refusing to extract {label}: member {name!r} would be written outside {dest} "
-                f"(absolute path or '..'); the archive is corrupt or malicious"
+                f"refusing {label}: member {name!r} is an absolute path or contains '..'; "
+                f"the archive is corrupt or malicious"
             )
+
+
+def _safe_extract(zf: zipfile.ZipFile, dest: Path, label: str) -> list[Path]:
+    check_members(zf.namelist(), label)
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".extract.", dir=dest))
     try:

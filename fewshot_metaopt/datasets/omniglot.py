@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 
 from .base import ClassImageDataset
 from .cache import atomic_write_npz, file_digest, key_of, load_npz, resolve_cache_dir, tree_digest
-from .download import download_file, is_safe_member, safe_extract
+from .download import check_members, download_file, safe_extract
 
 ARCHIVES = ("images_background", "images_evaluation")
 LAKE_SPLITS = {"background": "images_background", "evaluation": "images_evaluation"}
@@ -139,12 +139,7 @@ def _read_images(kind: str, source: Path, stem: str) -> tuple[list[tuple[str, st
         ) from None
     with zf:
         names = zf.namelist()
-        for name in names:
-            if not is_safe_member(name):
-                raise ValueError(
-                    f"Omniglot: refusing {source}: member {name!r} is an absolute path or contains "
-                    f"'..'; the archive is corrupt or malicious"
-                )
+        check_members(names, f"Omniglot archive {source}")
         entries = _sorted_entries(names, stem, source)
         blobs = []
         for _, name in entries:
