@@ -3,6 +3,8 @@
 The real packages are exercised in tests/test_peers_learn2learn.py inside the peers environment.
 """
 
+import random
+
 import pytest
 import torch
 
@@ -67,6 +69,28 @@ def test_sampler_accepts_a_learn2learn_taskset():
         assert torch.equal(ep.classes[ep.query_y].float(), ep.query_x[:, 0])
         support = {tuple(r) for r in ep.support_x.tolist()}
         assert not support & {tuple(r) for r in ep.query_x.tolist()}
+
+
+class GlobalRandomTaskset:
+    """Draws with Python's global ``random``, as learn2learn does."""
+
+    def sample(self):
+        classes = random.sample(range(50), 3)
+        y = torch.tensor(classes).repeat_interleave(2)
+        return y.float().unsqueeze(1) + torch.tensor([[random.random()] for _ in y]), y
+
+
+def test_learn2learn_draws_are_seeded_by_the_sampler_and_leave_random_alone():
+    random.seed(1)
+    state = random.getstate()
+    a = TaskDistributionSampler(GlobalRandomTaskset(), ways=3, shots=1, queries=1, seed=4)
+    b = TaskDistributionSampler(GlobalRandomTaskset(), ways=3, shots=1, queries=1, seed=4)
+    c = TaskDistributionSampler(GlobalRandomTaskset(), ways=3, shots=1, queries=1, seed=5)
+    xa, xb, xc = a.sample().support_x, b.sample().support_x, c.sample().support_x
+    assert torch.equal(xa, xb) and not torch.equal(xa, xc)
+    manifest = a.fixed(3)
+    assert torch.equal(manifest[2].query_x, manifest[2].query_x)
+    assert random.getstate() == state
 
 
 def test_learn2learn_mismatches_are_clear():

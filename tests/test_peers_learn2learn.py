@@ -195,19 +195,17 @@ def test_too_few_examples_for_shots_raises(tiny):
         sampler.sample()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Learn2LearnTasks ignores the per-episode generator that EpisodeManifest passes, so "
-    "fixed() episodes from a learn2learn source change on every access",
-)
 def test_fixed_manifest_is_repeatable(tiny):
     meta, _ = tiny
     random.seed(6)
     sampler = TaskDistributionSampler(_taskset(meta, 5, 1 + 3), ways=5, shots=1, queries=3, seed=0)
     manifest = sampler.fixed(4)
+    state = random.getstate()
     first, again = manifest[0], manifest[0]
+    assert random.getstate() == state
     assert torch.equal(first.support_x, again.support_x)
     assert torch.equal(first.query_x, again.query_x)
+    assert not torch.equal(manifest[1].support_x, first.support_x)
 
 
 # --- Real Omniglot through learn2learn's FullOmniglot ------------------------------------

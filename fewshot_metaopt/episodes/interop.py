@@ -11,6 +11,7 @@ rely on the shapes their objects return:
 
 from __future__ import annotations
 
+import random
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
@@ -51,8 +52,10 @@ def split_support_query(x: Tensor, y: Tensor, shots: int) -> Episode:
 class Learn2LearnTasks:
     """A learn2learn ``TaskDataset``/``Taskset`` as a task family for the sampler.
 
-    learn2learn draws from Python's global ``random``; the sampler's generator does not reach
-    it, so seed that RNG yourself when you need repeatable episodes from this source.
+    learn2learn draws from Python's global ``random``. For each draw we seed that RNG from the
+    sampler's generator and restore its previous state afterwards, so seeds and fixed
+    manifests are repeatable with this source too, and the caller's ``random`` stream is left
+    where it was.
     """
 
     is_regression = False
@@ -66,7 +69,13 @@ class Learn2LearnTasks:
             raise ValueError(f"Learn2LearnTasks was built for shots={self.shots}, sampler asks {shots}")
 
     def sample_episode(self, ways: int, shots: int, queries: int, generator: torch.Generator) -> Episode:
-        x, y = self.taskset.sample()
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        outer = random.getstate()
+        random.seed(seed)
+        try:
+            x, y = self.taskset.sample()
+        finally:
+            random.setstate(outer)
         episode = split_support_query(torch.as_tensor(x), torch.as_tensor(y), shots)
         if episode.ways != ways or episode.queries != queries:
             raise ValueError(

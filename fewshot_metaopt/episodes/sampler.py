@@ -79,7 +79,7 @@ class TaskDistributionSampler:
 
     Keyword arguments fill a :class:`TaskDistributionConfig` (or pass ``config=``).
     A learn2learn ``TaskDataset``/``Taskset`` is accepted as the source too (see
-    :mod:`fewshot_metaopt.episodes.interop`); its draws then come from learn2learn's own RNG.
+    :mod:`fewshot_metaopt.episodes.interop`).
     """
 
     def __init__(self, source: Any, config: TaskDistributionConfig | None = None, **overrides: Any):
