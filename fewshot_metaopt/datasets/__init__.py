@@ -3,6 +3,7 @@
 from .base import ClassImageDataset, TaskFamily
 from .glyphs import Glyphs
 from .miniimagenet import MiniImageNet
+from .omniglot import Omniglot
 from .sinusoid import Sinusoid
 
-__all__ = ["ClassImageDataset", "Glyphs", "MiniImageNet", "Sinusoid", "TaskFamily"]
+__all__ = ["ClassImageDataset", "Glyphs", "MiniImageNet", "Omniglot", "Sinusoid", "TaskFamily"]
