@@ -47,8 +47,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch intra-op threads (default: torch's choice; 1 is steadier on a shared machine)",
+    )
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     s = SETTINGS[args.setting]
     meta_batch = args.meta_batch or s["meta_batch"]
     torch.manual_seed(args.seed)
@@ -87,6 +93,7 @@ def main() -> None:
         "seed": args.seed,
         "device": args.device,
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
     }
     print(
         f"{args.algorithm} Omniglot {args.setting}: {100 * evaluation.mean:.2f}% ± {100 * evaluation.ci95:.2f}% "
