@@ -1,0 +1,131 @@
+"""A per-coordinate MLP learned optimizer in the family of google's ``learned_optimization``
+``MLPLOpt`` (Metz et al. 2019, "Understanding and correcting pathologies in the training of
+learned optimizers", https://arxiv.org/abs/1810.10180), as a pure update rule.
+
+For each tensor with gradient ``g`` and value ``theta`` (one row per coordinate ``i``)::
+
+    m_k = beta_k m_k + (1 - beta_k) g         momenta, beta_k in decays (0.5, 0.9, 0.99)
+    v   = rho v + (1 - rho) g^2                RMS accumulator, rho = 0.999
+    f_i = (g_i, theta_i, m_1i, m_2i, m_3i, sqrt(v_i), g_i / sqrt(v_i + eps))
+    f   = f / sqrt(norm_eps + mean_i f_i^2)    second-moment normalisation, per tensor and feature
+    z_i = (f_i, tanh(step / tau - 1) for tau in timescales)     step-count embedding
+    (d_i, s_i) = MLP(z_i)                      hidden_layers x hidden_size, ReLU, 2 outputs
+    theta_i' = theta_i - d_i * exp(s_i * exp_mult) * step_mult
+
+The MLP's weights are shared by every coordinate of every tensor. ``exp_mult`` and
+``step_mult`` default to ``MLPLOpt``'s 0.001; for the few inner steps of few-shot learning a
+larger ``step_mult`` (e.g. 0.01-0.1) lets the rule move the weights before it has learned to
+scale its outputs. The gradient enters with its graph by default (``second_order=True``: the
+driver decides, e.g. first-order MAML detaches it); ``second_order=False`` detaches it here.
+
+State: the momenta and the RMS accumulator, ``len(decays) + 1`` floats per coordinate (4x the
+model at the defaults).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .base import Params, UpdateRule
+from .preprocess import check_grads, record_effective_lr, records_to_floats, safe_sqrt
+
+COORD_FEATURES = 4  # gradient, parameter, RMS, RMS-normalised gradient (plus one per momentum)
+
+
+class L2OSlot(NamedTuple):
+    """State of one tensor: a momentum per decay, and the RMS accumulator (all parameter-shaped)."""
+
+    momenta: Tuple[Tensor, ...]
+    v: Tensor
+
+
+L2OState = Dict[str, L2OSlot]
+
+
+class L2ORule(UpdateRule):
+    """Per-coordinate MLP optimizer (see the module docstring).
+
+    Args:
+        hidden_size, hidden_layers: the MLP (MLPLOpt: 32, 2).
+        decays: momentum decays; rms_decay: decay of the squared-gradient accumulator.
+        timescales: of the ``tanh(step / tau - 1)`` step embedding.
+        exp_mult, step_mult: the step is ``d * exp(s * exp_mult) * step_mult``.
+        eps: inside ``1 / sqrt(v + eps)``; norm_eps: of the per-tensor normalisation.
+        second_order: keep the incoming gradients in the graph (default) or detach them.
+        check_finite: raise on NaN/Inf gradients (one device sync per step).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 32,
+        hidden_layers: int = 2,
+        decays: Sequence[float] = (0.5, 0.9, 0.99),
+        rms_decay: float = 0.999,
+        timescales: Sequence[float] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000),
+        exp_mult: float = 0.001,
+        step_mult: float = 0.001,
+        eps: float = 1e-8,
+        norm_eps: float = 1e-5,
+        second_order: bool = True,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        if hidden_size < 1 or hidden_layers < 0:
+            raise ValueError(
+                f"L2ORule needs hidden_size >= 1 and hidden_layers >= 0, got {hidden_size}, {hidden_layers}"
+            )
+        if not all(0.0 <= b < 1.0 for b in (*decays, rms_decay)):
+            raise ValueError(f"L2ORule decays must lie in [0, 1), got {tuple(decays)} and {rms_decay}")
+        self.decays, self.rms_decay = tuple(float(b) for b in decays), float(rms_decay)
+        self.timescales = tuple(float(t) for t in timescales)
+        self.exp_mult, self.step_mult = float(exp_mult), float(step_mult)
+        self.eps, self.norm_eps = float(eps), float(norm_eps)
+        self.second_order, self.check_finite = second_order, check_finite
+        self.num_features = COORD_FEATURES + len(self.decays) + len(self.timescales)
+        layers: list[nn.Module] = []
+        width = self.num_features
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(width, hidden_size), nn.ReLU()]
+            width = hidden_size
+        layers.append(nn.Linear(width, 2))
+        self.mlp = nn.Sequential(*layers)
+        self._effective: dict[str, Tensor] = {}
+
+    def init(self, params: Params) -> L2OState:
+        dtype = self.mlp[-1].weight.dtype
+        zeros = lambda p: torch.zeros(p.shape, dtype=dtype, device=p.device)  # noqa: E731
+        return {n: L2OSlot(tuple(zeros(p) for _ in self.decays), zeros(p)) for n, p in params.items()}
+
+    def step_embedding(self, step: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``tanh(step / tau - 1)`` for each timescale ``tau``."""
+        taus = torch.tensor(self.timescales, dtype=dtype, device=device)
+        return torch.tanh(step / taus - 1.0)
+
+    def update(self, params: Params, grads: Params, state: L2OState, step: int) -> tuple[Params, L2OState]:
+        check_grads(params, grads, self.check_finite)
+        new, new_state = dict(params), dict(state)
+        dtype = self.mlp[-1].weight.dtype
+        for name, grad in grads.items():
+            p, slot = params[name], state[name]
+            g = (grad if self.second_order else grad.detach()).to(dtype)
+            momenta = tuple(b * m + (1 - b) * g for b, m in zip(self.decays, slot.momenta))
+            v = self.rms_decay * slot.v + (1 - self.rms_decay) * g * g
+            columns = [g, p.to(dtype), *momenta, safe_sqrt(v), g * torch.rsqrt(v + self.eps)]
+            f = torch.stack([c.reshape(-1) for c in columns], dim=1)
+            f = f * torch.rsqrt(self.norm_eps + f.square().mean(0, keepdim=True))
+            embedding = self.step_embedding(step, dtype, f.device).expand(f.shape[0], -1)
+            out = self.mlp(torch.cat([f, embedding], dim=1))
+            direction, magnitude = out[:, 0], out[:, 1]
+            delta = (direction * torch.exp(magnitude * self.exp_mult) * self.step_mult).reshape(p.shape).to(p.dtype)
+            new[name] = p - delta
+            new_state[name] = L2OSlot(momenta, v)
+            record_effective_lr(self._effective, name, delta, grad)
+        return new, new_state
+
+    def get_learned_lr(self) -> dict[str, float]:
+        """Effective learning rate per tensor of the last update: ``mean|delta| / mean|grad|``
+        (the SGD lr that would move the tensor as far); empty before the first update."""
+        return records_to_floats(self._effective)
