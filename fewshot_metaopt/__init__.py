@@ -17,6 +17,7 @@ from .learners import (
     ModelAgnosticMetaLearning,
     train_maml,
 )
+from .optim import MetaOptimizer, MetaOptimizerConfig, MetaOptTrainResult, OptimizerState
 
 __version__ = "0.1.0"
 
@@ -28,7 +29,11 @@ __all__ = [
     "GradientMetaLearner",
     "GradientMetaLearnerConfig",
     "MetaTrainResult",
+    "MetaOptTrainResult",
+    "MetaOptimizer",
+    "MetaOptimizerConfig",
     "ModelAgnosticMetaLearning",
+    "OptimizerState",
     "TaskDistributionConfig",
     "TaskDistributionSampler",
     "stack_episodes",

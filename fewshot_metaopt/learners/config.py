@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ..losses import LOSSES
 from ..optim.learned_lr import GRANULARITIES
 
 ALGORITHMS = ("maml", "fomaml", "meta_sgd", "anil")
 META_OPTIMIZERS = ("adam", "sgd")
 BATCH_NORM_MODES = ("transductive",)
-LOSSES = ("auto", "cross_entropy", "mse")
 
 SECOND_ORDER_LR_MESSAGE = (
     "learned inner learning rates (Meta-SGD) need second-order meta-gradients: the rates act "

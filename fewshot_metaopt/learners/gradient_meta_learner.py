@@ -21,11 +21,11 @@ import math
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..engines.higher_engine import RuleOptimizer, detach_grads, functional_inner_loop
 from ..episodes.episode import Episode
+from ..losses import task_loss
 from ..optim.rules.base import UpdateRule
 from ..optim.rules.sgd import SGDRule
 from .config import GradientMetaLearnerConfig
@@ -104,23 +104,7 @@ class GradientMetaLearner:
     # ----------------------------------------------------------------------------- inner loop
 
     def _loss(self, output: Tensor, target: Tensor, task: int, phase: str) -> Tensor:
-        kind = self.config.loss
-        if kind == "auto":
-            kind = "mse" if target.is_floating_point() else "cross_entropy"
-        if kind == "cross_entropy":
-            classes = output.shape[-1]
-            if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
-                bad = int(target.max()) if int(target.max()) >= classes else int(target.min())
-                raise ValueError(
-                    f"task {task}: {phase} label {bad} is out of range for a model with {classes} outputs"
-                )
-            return F.cross_entropy(output, target)
-        if output.shape != target.shape:
-            raise ValueError(
-                f"task {task}: {phase} targets of shape {tuple(target.shape)} do not match the "
-                f"model's output {tuple(output.shape)}"
-            )
-        return F.mse_loss(output, target)
+        return task_loss(output, target, self.config.loss, where=f"task {task}: {phase}")
 
     def _forward(self, fmodel, x: Tensor, task: int, phase: str) -> Tensor:
         try:

@@ -1,6 +1,21 @@
-"""Update rules, learned learning rates and (later) learned optimizers."""
+"""Update rules, learned learning rates and the Phase 50.4 MetaOptimizer."""
 
 from .learned_lr import GRANULARITIES, LearnedLR
-from .rules import SGDRule, UpdateRule
+from .meta_optimizer import MetaOptimizer, MetaOptimizerConfig, MetaOptTrainResult, OptimizerState
+from .rules import AdamRule, L2ORule, LSTMRule, ScalableLSTMRule, SGDRule, UpdateRule, lstm_rule
 
-__all__ = ["GRANULARITIES", "LearnedLR", "SGDRule", "UpdateRule"]
+__all__ = [
+    "AdamRule",
+    "GRANULARITIES",
+    "L2ORule",
+    "LSTMRule",
+    "LearnedLR",
+    "MetaOptTrainResult",
+    "MetaOptimizer",
+    "MetaOptimizerConfig",
+    "OptimizerState",
+    "SGDRule",
+    "ScalableLSTMRule",
+    "UpdateRule",
+    "lstm_rule",
+]

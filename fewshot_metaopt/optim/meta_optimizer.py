@@ -1,0 +1,315 @@
+"""The Phase 50.4 ``MetaOptimizer``: a learned inner-loop optimizer with the spec's API.
+
+It picks an update rule by ``MetaOptimizerConfig.method`` and is itself an update rule, so it
+runs wherever rules run — ``GradientMetaLearner(model, config, inner_optimizer=mo)`` meta-trains
+the model's initialisation and the rule's meta-parameters together (the MAML inner loop), and
+``higher.innerloop_ctx(model, RuleOptimizer(model.named_parameters(), mo))`` drives it in a
+user's own loop. On its own it offers the spec's calls:
+
+>>> mo = MetaOptimizer(model, MetaOptimizerConfig(method="lstm"))
+>>> updates, state = mo.compute_update(gradients, state)      # deltas to add to the parameters
+>>> result = mo.meta_train_step(episodes, model)               # truncated BPTT on the rule only
+>>> mo.get_learned_lr(); mo.reset_optimizer_state()
+
+``meta_train_step`` trains only the rule (the learned-optimizer setting of Andrychowicz et al.):
+from the model's current weights it runs ``inner_steps`` steps of the rule on each episode's
+support set, in windows of ``unroll_steps``; the meta-loss of a window is the sum of the losses
+after each of its steps (the query loss by default), backpropagated through the window's
+updates; then the meta-gradient is clipped, the rule's parameters take one Adam step, and the
+weights and rule state are detached before the next window (truncated BPTT).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..episodes.episode import Episode
+from ..losses import LOSSES, task_loss
+from .rules.base import Params, UpdateRule
+from .rules.l2o import L2ORule
+from .rules.lstm_scalable import LSTM_VARIANTS, lstm_rule
+from .rules.sgd import SGDRule
+
+METHODS = ("meta_sgd", "lstm", "l2o", "warp_grad")
+META_LOSSES = ("query", "support")
+
+
+@dataclass
+class MetaOptimizerConfig:
+    """The spec's fields (first eight, same names and defaults) and ours.
+
+    method: ``meta_sgd``, ``lstm`` or ``l2o`` (``warp_grad`` is reserved for Warp-Grad).
+    hidden_size, num_layers: the LSTM's (``lstm``) or the MLP's hidden width (``l2o``).
+    preconditioning: ``meta_sgd`` learns a per-parameter lr tensor (a learned diagonal
+        preconditioner); ``False`` learns one scalar lr instead. The other methods always
+        precondition (their updates are coordinatewise functions of gradient statistics).
+    coordinatewise: the learned optimizers apply one small network to every coordinate,
+        weights shared, which is what lets them scale and transfer across architectures;
+        there is no non-coordinatewise variant.
+    meta_lr: Adam's lr for the rule's meta-parameters in :meth:`MetaOptimizer.meta_train_step`.
+    unroll_steps: the truncated-BPTT window.
+    gradient_clipping: max global norm of each window's meta-gradient (``0``: no clipping).
+    lstm_variant: ``faithful`` (Andrychowicz 2016; 2 x num_layers x hidden floats of state per
+        coordinate) or ``scalable`` (at most 2 floats per coordinate plus a per-tensor LSTM).
+    inner_lr: Meta-SGD's initial lr.
+    inner_steps: inner steps per episode in ``meta_train_step``.
+    second_order: keep the inner gradients in the graph (the papers feed them as constants).
+    output_scale: the LSTM's output scale (paper: 0.1).
+    meta_loss: ``query`` (few-shot generalisation) or ``support`` (the paper's optimisee loss).
+    loss: the task loss (``auto``: cross-entropy for integer labels, MSE otherwise).
+    """
+
+    method: str = "meta_sgd"
+    hidden_size: int = 20
+    num_layers: int = 2
+    preconditioning: bool = True
+    coordinatewise: bool = True
+    meta_lr: float = 0.001
+    unroll_steps: int = 20
+    gradient_clipping: float = 1.0
+    lstm_variant: str = "faithful"
+    inner_lr: float = 0.01
+    inner_steps: int = 20
+    second_order: bool = False
+    output_scale: float = 0.1
+    meta_loss: str = "query"
+    loss: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, value, options in (
+            ("method", self.method, METHODS),
+            ("lstm_variant", self.lstm_variant, LSTM_VARIANTS),
+            ("meta_loss", self.meta_loss, META_LOSSES),
+            ("loss", self.loss, LOSSES),
+        ):
+            if value not in options:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
+        if self.method == "warp_grad":
+            raise ValueError("method 'warp_grad' is not available in this version; use meta_sgd, lstm or l2o")
+        if not self.coordinatewise:
+            raise ValueError("coordinatewise=False: every learned optimizer here is coordinatewise")
+        if not self.preconditioning and self.method != "meta_sgd":
+            raise ValueError(f"preconditioning=False applies to meta_sgd only, not {self.method!r}")
+        for name in ("hidden_size", "num_layers", "unroll_steps", "inner_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.gradient_clipping < 0:
+            raise ValueError(f"gradient_clipping must be >= 0, got {self.gradient_clipping}")
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "MetaOptimizerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown meta-optimizer key {unknown[0]!r} in {source}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+@dataclass
+class OptimizerState:
+    """The spec's state, plus the rule's own (``rule_state``), which is what updates read.
+
+    ``hidden``/``cell`` are filled for the faithful LSTM: ``(num_layers, coordinates, hidden)``
+    over all tensors in parameter order (a copy, made when the state is returned).
+    ``per_param_lr`` holds Meta-SGD's lr tensors.
+    """
+
+    hidden: Optional[Tensor] = None
+    cell: Optional[Tensor] = None
+    step_count: int = 0
+    running_loss: float = 0.0
+    per_param_lr: Optional[Dict[str, Tensor]] = None
+    rule_state: Any = None
+
+
+@dataclass
+class MetaOptTrainResult:
+    """One :meth:`MetaOptimizer.meta_train_step`: mean meta-loss per window and step, the
+    mean final loss (after all inner steps), the last window's meta-gradient norm (before
+    clipping), and how many windows were updated."""
+
+    meta_loss: float
+    final_loss: float
+    grad_norm: float
+    windows: int
+    inner_steps: int
+
+
+def build_rule(config: MetaOptimizerConfig, shapes: Dict[str, torch.Size], dtype: torch.dtype) -> UpdateRule:
+    if config.method == "meta_sgd":
+        granularity = "per_parameter" if config.preconditioning else "scalar"
+        return SGDRule.for_params(shapes, lr=config.inner_lr, granularity=granularity, dtype=dtype)
+    if config.method == "lstm":
+        return lstm_rule(
+            variant=config.lstm_variant, hidden_size=config.hidden_size, num_layers=config.num_layers,
+            output_scale=config.output_scale, second_order=config.second_order,
+        ).to(dtype)
+    return L2ORule(hidden_size=config.hidden_size, hidden_layers=config.num_layers,
+                   second_order=config.second_order).to(dtype)
+
+
+class MetaOptimizer(UpdateRule):
+    """A learned optimizer for ``base_model``'s parameters (see the module docstring)."""
+
+    def __init__(self, base_model: nn.Module, config: MetaOptimizerConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or MetaOptimizerConfig()
+        params = dict(base_model.named_parameters())
+        if not params:
+            raise ValueError("the base model has no parameters to optimise")
+        self.shapes = {name: p.shape for name, p in params.items()}
+        self.rule = build_rule(config, self.shapes, next(iter(params.values())).dtype)
+        # Held outside the module tree: the base model's weights are not the optimizer's.
+        self.__dict__["base_model"] = base_model
+        self.meta_optimizer = torch.optim.Adam(self.rule.parameters(), lr=config.meta_lr)
+        self.state: OptimizerState | None = None
+
+    # --------------------------------------------------------------------- the rule contract
+
+    def init(self, params: Params) -> Any:
+        return self.rule.init(params)
+
+    def update(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]:
+        return self.rule.update(params, grads, state, step)
+
+    # --------------------------------------------------------------------- the spec's API
+
+    def _check_gradients(self, gradients: Dict[str, Tensor]) -> None:
+        for name, grad in gradients.items():
+            if name not in self.shapes:
+                raise ValueError(f"gradient for {name!r}, which is not a parameter of the base model")
+            if grad.shape != self.shapes[name]:
+                raise ValueError(
+                    f"gradient for {name!r} has shape {tuple(grad.shape)}, the parameter {tuple(self.shapes[name])}"
+                )
+
+    def _wrap(self, rule_state: Any, step_count: int, running_loss: float) -> OptimizerState:
+        state = OptimizerState(step_count=step_count, running_loss=running_loss, rule_state=rule_state)
+        lrs = getattr(self.rule, "lrs", None)
+        if lrs is not None:
+            state.per_param_lr = {n: lrs.lr(n) for n in self.shapes} if lrs.learned else None
+        if isinstance(rule_state, dict) and rule_state and all(isinstance(v, list) for v in rule_state.values()):
+            layers = len(next(iter(rule_state.values())))
+            state.hidden = torch.stack([torch.cat([rule_state[n][k][0] for n in rule_state]) for k in range(layers)])
+            state.cell = torch.stack([torch.cat([rule_state[n][k][1] for n in rule_state]) for k in range(layers)])
+        return state
+
+    def compute_update(
+        self, gradients: Dict[str, Tensor], state: OptimizerState | None = None
+    ) -> tuple[Dict[str, Tensor], OptimizerState]:
+        """The updates (deltas to add) for the base model's current parameters.
+
+        ``state=None`` continues from the state this optimizer last returned (or starts
+        fresh after :meth:`reset_optimizer_state`). Gradients are checked against the model.
+        """
+        self._check_gradients(gradients)
+        params = dict(self.base_model.named_parameters())
+        state = state if state is not None else self.state
+        if state is None:
+            state = self._wrap(self.rule.init(params), 0, 0.0)
+        new, rule_state = self.rule.update(params, gradients, state.rule_state, state.step_count)
+        updates = {name: new[name] - params[name] for name in gradients}
+        self.state = self._wrap(rule_state, state.step_count + 1, state.running_loss)
+        return updates, self.state
+
+    def reset_optimizer_state(self) -> None:
+        """Forget the recurrent state: the next :meth:`compute_update` starts a new task."""
+        self.state = None
+
+    def get_learned_lr(self) -> Dict[str, float]:
+        """Meta-SGD: the mean learned lr per tensor. Learned rules: the effective lr of their
+        last update, ``mean|delta| / mean|grad|`` per tensor (empty before any update)."""
+        lrs = getattr(self.rule, "lrs", None)
+        if lrs is not None:
+            return lrs.means()
+        return self.rule.get_learned_lr()
+
+    def meta_train_step(self, episodes: Iterable[Episode], base_model: nn.Module | None = None) -> MetaOptTrainResult:
+        """Train the rule on episodes by truncated BPTT (see the module docstring)."""
+        episodes = list(episodes)
+        if not episodes:
+            raise ValueError("meta_train_step needs at least one episode, got none")
+        model = self.base_model if base_model is None else base_model
+        cfg = self.config
+        device = next(model.parameters()).device
+        episodes = [ep.to(device) for ep in episodes]
+        start = {n: p.detach() for n, p in model.named_parameters()}
+        runs = [(dict(start), self.rule.init(start)) for _ in episodes]
+        window_losses, grad_norm, windows, done = [], math.nan, 0, 0
+        while done < cfg.inner_steps:
+            length = min(cfg.unroll_steps, cfg.inner_steps - done)
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for task, (episode, (params, state)) in enumerate(zip(episodes, runs)):
+                params, state, loss = self._unroll(model, episode, params, state, done, length, task)
+                (loss / len(episodes)).backward()
+                total += loss.item()
+                runs[task] = (_detached(params), _detached(state))
+            clip = cfg.gradient_clipping if cfg.gradient_clipping > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.rule.parameters()), clip))
+            if not math.isfinite(grad_norm):
+                self.meta_optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(
+                    f"meta-gradient norm is {grad_norm} in the window starting at inner step {done}; "
+                    "nothing was updated (lower meta_lr or unroll_steps, or clip)"
+                )
+            self.meta_optimizer.step()
+            window_losses.append(total / (len(episodes) * length))
+            windows += 1
+            done += length
+        final = 0.0
+        with torch.no_grad():
+            for episode, (params, _) in zip(episodes, runs):
+                x, y = self._meta_batch(episode)
+                final += task_loss(functional_call(model, params, (x,)), y, cfg.loss).item() / len(episodes)
+        return MetaOptTrainResult(
+            meta_loss=sum(window_losses) / len(window_losses), final_loss=final,
+            grad_norm=grad_norm, windows=windows, inner_steps=cfg.inner_steps,
+        )
+
+    def _meta_batch(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        if self.config.meta_loss == "query":
+            return episode.query_x, episode.query_y
+        return episode.support_x, episode.support_y
+
+    def _unroll(self, model, episode: Episode, params: Params, state: Any, first: int, length: int, task: int):
+        """``length`` rule steps from ``params``; returns the new weights and state and the sum
+        of the meta-losses after each step, differentiable into the rule's parameters."""
+        cfg = self.config
+        meta_x, meta_y = self._meta_batch(episode)
+        params = {n: p.requires_grad_() if not p.requires_grad else p for n, p in params.items()}
+        window_loss = 0.0
+        for step in range(first, first + length):
+            where = f"task {task}: support at inner step {step}:"
+            loss = task_loss(functional_call(model, params, (episode.support_x,)), episode.support_y, cfg.loss, where)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{where} loss is {loss.item()}; lower the rule's step size or clip")
+            names = list(params)
+            # Keep the graph: the window's meta-loss backpropagates through earlier updates.
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=cfg.second_order,
+                                        retain_graph=True, allow_unused=True)
+            grads = {n: g for n, g in zip(names, grads) if g is not None}
+            params, state = self.rule.update(params, grads, state, step)
+            meta = task_loss(functional_call(model, params, (meta_x,)), meta_y, cfg.loss, f"task {task}: {cfg.meta_loss}")
+            window_loss = window_loss + meta
+        return params, state, window_loss
+
+
+def _detached(tree: Any) -> Any:
+    """The same nested structure with every tensor detached (the end of a BPTT window)."""
+    if isinstance(tree, Tensor):
+        return tree.detach()
+    if isinstance(tree, dict):
+        return {k: _detached(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        items = [_detached(v) for v in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+    if hasattr(tree, "__dataclass_fields__"):
+        return type(tree)(**{f: _detached(getattr(tree, f)) for f in tree.__dataclass_fields__})
+    return tree
