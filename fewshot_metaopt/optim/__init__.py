@@ -3,9 +3,17 @@
 from .learned_lr import GRANULARITIES, LearnedLR
 from .meta_optimizer import MetaOptimizer, MetaOptimizerConfig, MetaOptTrainResult, OptimizerState
 from .rules import AdamRule, L2ORule, LSTMRule, ScalableLSTMRule, SGDRule, UpdateRule, lstm_rule
+from .schedules import Constant, Cosine, Cyclical, Learned, ScheduledRule, Warmup, schedule_optimizer
 
 __all__ = [
     "AdamRule",
+    "Constant",
+    "Cosine",
+    "Cyclical",
+    "Learned",
+    "ScheduledRule",
+    "Warmup",
+    "schedule_optimizer",
     "GRANULARITIES",
     "L2ORule",
     "LSTMRule",
