@@ -1,9 +1,16 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    # tests/run.sh runs one pytest worker per core; a worker with several intra-op threads
+    # would fight the other worker for cores (and tiny tensors gain nothing from threads).
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -22,15 +22,6 @@ from fewshot_metaopt.models import mlp
 from learner_fixtures import classification_episodes, tiny_mlp
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def grads_of(model: nn.Module, episode) -> dict:
     loss = F.cross_entropy(model(episode.support_x), episode.support_y)
     names = [n for n, _ in model.named_parameters()]

@@ -29,16 +29,6 @@ from learner_fixtures import classification_episodes, tiny_convnet, tiny_mlp
 from test_meta_gradients import EPS, autograd_meta_gradient, finite_difference, probe_indices
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: extra intra-op threads only add contention (10x slower on a
-    busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_rule(kind: str, **kwargs):
     torch.manual_seed(3)
     if kind == "adam":
