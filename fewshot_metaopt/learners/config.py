@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
+from ..config_keys import from_mapping
 from ..losses import LOSSES
 from ..optim.learned_lr import GRANULARITIES
 
@@ -103,8 +104,4 @@ class GradientMetaLearnerConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "GradientMetaLearnerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown learner key {unknown[0]!r} in {source}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return from_mapping(cls, values, source, "learner")

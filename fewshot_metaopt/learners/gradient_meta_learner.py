@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..engines.higher_engine import RuleOptimizer, detach_grads, functional_inner_loop
 from ..episodes.episode import Episode
 from ..losses import task_loss
+from ..optim.learned_lr import learned_lr_of
 from ..optim.rules.base import UpdateRule
 from ..optim.rules.sgd import SGDRule
 from .config import GradientMetaLearnerConfig
@@ -266,11 +267,7 @@ class GradientMetaLearner:
 
     def get_learned_lr(self) -> dict[str, float]:
         """Mean inner learning rate per adapted parameter tensor (fixed ones for MAML)."""
-        lrs = getattr(self.rule, "lrs", None)
-        if lrs is not None:
-            return lrs.means()
-        getter = getattr(self.rule, "get_learned_lr", None)
-        return getter() if getter is not None else {}
+        return learned_lr_of(self.rule)
 
     def learned_lr_tensors(self) -> dict[str, Tensor]:
         """The full learned learning rates per adapted tensor (for histograms)."""

@@ -93,3 +93,13 @@ class LearnedLR(nn.Module):
     def means(self) -> dict[str, float]:
         """Mean learned lr per parameter tensor (the spec's ``get_learned_lr``)."""
         return {name: float(t.float().mean()) for name, t in self.tensors().items()}
+
+
+def learned_lr_of(rule: nn.Module) -> dict[str, float]:
+    """A rule's learning rates per tensor: the means of its :class:`LearnedLR` (``rule.lrs``),
+    else what its own ``get_learned_lr()`` reports, else nothing."""
+    lrs = getattr(rule, "lrs", None)
+    if lrs is not None:
+        return lrs.means()
+    getter = getattr(rule, "get_learned_lr", None)
+    return getter() if getter is not None else {}

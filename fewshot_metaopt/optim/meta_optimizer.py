@@ -22,15 +22,17 @@ weights and rule state are detached before the next window (truncated BPTT).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..config_keys import from_mapping
 from ..episodes.episode import Episode
 from ..losses import LOSSES, task_loss
+from .learned_lr import learned_lr_of
 from .rules.base import Params, UpdateRule
 from .rules.l2o import L2ORule
 from .rules.lstm_scalable import LSTM_VARIANTS, lstm_rule
@@ -104,11 +106,7 @@ class MetaOptimizerConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "MetaOptimizerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown meta-optimizer key {unknown[0]!r} in {source}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return from_mapping(cls, values, source, "meta-optimizer")
 
 
 @dataclass
@@ -225,10 +223,7 @@ class MetaOptimizer(UpdateRule):
     def get_learned_lr(self) -> Dict[str, float]:
         """Meta-SGD: the mean learned lr per tensor. Learned rules: the effective lr of their
         last update, ``mean|delta| / mean|grad|`` per tensor (empty before any update)."""
-        lrs = getattr(self.rule, "lrs", None)
-        if lrs is not None:
-            return lrs.means()
-        return self.rule.get_learned_lr()
+        return learned_lr_of(self.rule)
 
     def meta_train_step(self, episodes: Iterable[Episode], base_model: nn.Module | None = None) -> MetaOptTrainResult:
         """Train the rule on episodes by truncated BPTT (see the module docstring)."""

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from .learned_lr import learned_lr_of
 from .rules.base import Params, UpdateRule
 
 CYCLICAL_MODES = ("triangular", "cosine")
@@ -274,11 +275,7 @@ class ScheduledRule(UpdateRule):
 
     def get_learned_lr(self) -> dict[str, float]:
         """The wrapped rule's mean learning rates, before the schedule's multiplier."""
-        lrs = getattr(self.rule, "lrs", None)
-        if lrs is not None:
-            return lrs.means()
-        getter = getattr(self.rule, "get_learned_lr", None)
-        return getter() if getter is not None else {}
+        return learned_lr_of(self.rule)
 
     def extra_repr(self) -> str:
         return "" if isinstance(self.schedule, nn.Module) else f"(schedule): {self.schedule.describe()}"
