@@ -1,0 +1,224 @@
+"""``ControlMetaOptimizer``: meta-optimization by nonstochastic control as a ``torch.optim``
+optimizer (Chen, Hazan et al. 2023; their code is JAX only).
+
+It learns ``M`` by replaying past steps on their batches, so it needs the loss as a function
+of the parameters and a batch, not only a closure:
+
+>>> def loss_fn(params, batch):
+...     x, y = batch
+...     return F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
+>>> opt = ControlMetaOptimizer(model, loss_fn, lr=0.1)
+>>> for episode in range(5):
+...     reset(model)                 # a fresh training run ...
+...     opt.start_episode()          # ... with the M learned so far
+...     for batch in loader:
+...         loss = opt.step(batch)
+
+Each ``step(batch)``: the loss and gradients at the current parameters; once ``HH`` steps of
+the episode are recorded, one counterfactual rollout and one step of the M-optimizer
+(:mod:`~fewshot_metaopt.optim.control_replay`); then the update of
+:class:`~fewshot_metaopt.optim.rules.control.ControlRule` with the new ``M``. ``M`` and its
+optimizer persist across episodes; :meth:`start_episode` clears the rest.
+``freeze=True`` plays the learned ``M`` without learning (no ``loss_fn`` needed): ``step()``
+then also takes the ``.grad`` the caller computed, in an ordinary loop.
+
+Memory, fixed however long it runs (``P`` coordinates): ``(H + HH - 1) P`` disturbances,
+``HH P`` replay parameters, ``HH`` batches, ``M`` (``H``, ``H P`` or ``H P^2`` numbers), and
+``2 (HH + 1) P`` with Adam-rescaled disturbances; :meth:`memory_bytes` measures it.
+Checkpoints hold the stored batches too, so they must be picklable for ``torch.save``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .control_replay import LossFn, ReplayRecord, counterfactual_loss
+from .meta_optimizer import _detached
+from .named_optimizer import NamedOptimizer
+from .rules.control import ControlRule
+from .rules.hyperparameters import optional_positive, real
+from .rules.preprocess import state_bytes
+
+M_OPTIMIZERS = ("sgd", "adam")
+
+
+class ControlMetaOptimizer(NamedOptimizer):
+    """Seed 003's meta-optimizer (see the module docstring).
+
+    Args:
+        params: named parameters or a module (``loss_fn`` receives them by these names).
+        loss_fn: ``loss_fn(params, batch) -> loss`` for a dict of parameters; needed to learn.
+        lr, weight_decay, history (H), rollout (HH), m_shape, grad_clip, adam_betas: the
+            played update (:class:`ControlRule`); defaults as in the seed.
+        m_lr, m_optimizer: the optimizer of ``M`` (``sgd`` or ``adam``).
+        m_grad_clip: clip M's gradient elementwise (``None``: off).
+        freeze: play ``M`` without learning it.
+        check_finite: raise on NaN/Inf gradients.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any] | nn.Module,
+        loss_fn: LossFn | None = None,
+        lr: float = 0.1,
+        weight_decay: float = 1e-4,
+        history: int = 16,
+        rollout: int = 2,
+        m_shape: str = "scalar",
+        m_lr: float = 1e-5,
+        m_optimizer: str = "sgd",
+        m_grad_clip: float | None = None,
+        grad_clip: float | None = None,
+        adam_betas: Sequence[float] | None = None,
+        freeze: bool = False,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(params, "ControlMetaOptimizer")
+        owner = "ControlMetaOptimizer"
+        params = self.named_params()
+        reference = next(iter(params.values()))
+        for name, p in params.items():
+            if p.dtype != reference.dtype or p.device != reference.device:
+                raise ValueError(
+                    f"{owner} keeps all parameters in one vector: {name!r} is {p.dtype} on {p.device}, "
+                    f"the first is {reference.dtype} on {reference.device}"
+                )
+        self.rule = ControlRule(
+            {name: p.shape for name, p in params.items()}, lr=lr, weight_decay=weight_decay, history=history,
+            rollout=rollout, m_shape=m_shape, grad_clip=grad_clip,
+            adam_betas=None if adam_betas is None else tuple(adam_betas), check_finite=check_finite,
+        ).to(device=reference.device, dtype=reference.dtype)
+        m_lr = real(owner, "m_lr", m_lr, 0.0, math.inf)
+        if m_optimizer not in M_OPTIMIZERS:
+            raise ValueError(f"unknown {owner} m_optimizer {m_optimizer!r}; choose one of {', '.join(M_OPTIMIZERS)}")
+        self.m_optimizer_name = m_optimizer
+        kind = torch.optim.SGD if m_optimizer == "sgd" else torch.optim.Adam
+        self.m_optimizer = kind([self.rule.M], lr=m_lr)
+        self.m_grad_clip = optional_positive(owner, "m_grad_clip", m_grad_clip)
+        self.freeze = bool(freeze)
+        if loss_fn is None and not self.freeze:
+            raise ValueError(f"{owner} learns M by replaying past batches: give loss_fn(params, batch), or freeze=True")
+        if loss_fn is not None and not callable(loss_fn):
+            raise ValueError(f"{owner} loss_fn must be callable, got {type(loss_fn).__name__}")
+        self.loss_fn = loss_fn
+        self.rule_state: Any = None
+        self.records: deque[ReplayRecord] = deque(maxlen=self.rule.rollout)
+        self.episode_steps = 0
+        self.last_counterfactual_loss: Tensor | None = None
+
+    def start_episode(self) -> None:
+        """Forget the histories (a new training run starts); keep ``M`` and its optimizer."""
+        self.rule_state = None
+        self.records.clear()
+        self.episode_steps = 0
+
+    def _gradients(self, batch: Any) -> tuple[Tensor | None, dict[str, Tensor]]:
+        params = self.named_params()
+        if batch is None:
+            if not self.freeze:
+                raise ValueError(
+                    "ControlMetaOptimizer.step needs the batch to learn M (step(batch)); use freeze=True to "
+                    "play M on the .grad of an ordinary loop"
+                )
+            loss, grads = None, {n: p.grad for n, p in params.items()}
+        else:
+            if self.loss_fn is None:
+                raise ValueError("ControlMetaOptimizer.step(batch) needs the loss_fn given at construction")
+            with torch.enable_grad():
+                loss = self.loss_fn(params, batch)
+                loss_value = self.checked_loss(loss)
+                found = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            loss, grads = loss_value, dict(zip(params, found))
+        missing = [name for name, g in grads.items() if g is None]
+        if missing:
+            raise ValueError(
+                f"ControlMetaOptimizer: parameter {missing[0]!r} has no gradient; its replays would diverge from "
+                "its updates, so leave it out of the optimizer"
+            )
+        return loss, grads
+
+    @torch.no_grad()
+    def step(self, batch: Any = None) -> Tensor | None:
+        loss, grads = self._gradients(batch)
+        params = {name: p.detach() for name, p in self.named_params().items()}
+        state = self.rule_state if self.rule_state is not None else self.rule.init(params)
+        if not self.freeze and len(self.records) == self.rule.rollout:
+            self._learn(state, batch)
+        if not self.freeze:
+            self.records.append(ReplayRecord(self.rule.flatten(params), batch, state.rescaler))
+        new, state = self.rule.update(params, grads, state, self.episode_steps)
+        self.write(new)
+        self.rule_state = _detached(state)
+        self.steps_taken += 1
+        self.episode_steps += 1
+        return loss
+
+    def _learn(self, state: Any, batch: Any) -> None:
+        """One counterfactual rollout and one step of the M-optimizer."""
+        with torch.enable_grad():
+            cost = counterfactual_loss(self.rule, self.loss_fn, list(self.records), state.history, batch)
+            value = float(cost.detach())
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"ControlMetaOptimizer: the counterfactual loss is {value} at step {self.steps_taken}; "
+                    "M was not updated (lower m_lr or set m_grad_clip)"
+                )
+            (grad,) = torch.autograd.grad(cost, [self.rule.M])
+        if self.m_grad_clip is not None:
+            grad = grad.clamp(-self.m_grad_clip, self.m_grad_clip)
+        if not bool(torch.isfinite(grad).all()):
+            raise ValueError(f"ControlMetaOptimizer: M's gradient has non-finite values at step {self.steps_taken}")
+        self.rule.M.grad = grad
+        self.m_optimizer.step()
+        self.rule.M.grad = None
+        self.last_counterfactual_loss = cost.detach()
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held now: ``M``, the disturbance history, the replay parameters, the rescaler
+        states and the stored batches' tensors."""
+        state = self.rule_state
+        records = list(self.records)
+        rescalers = [r.rescaler for r in records] + ([state.rescaler] if state is not None else [])
+        return {
+            "M": state_bytes(self.rule.M),
+            "disturbances": state_bytes(state.history) if state is not None else 0,
+            "parameters": state_bytes([r.theta for r in records]),
+            "rescaler": state_bytes(rescalers),
+            "batches": state_bytes([r.batch for r in records]),
+        }
+
+    # ------------------------------------------------------------------------- saving
+
+    def hyperparameters(self) -> dict[str, Any]:
+        rule = self.rule
+        return {
+            "lr": rule.lr,
+            "weight_decay": rule.weight_decay,
+            "history": rule.history,
+            "rollout": rule.rollout,
+            "m_shape": rule.m_shape,
+            "grad_clip": rule.grad_clip,
+            "adam_betas": None if rule.rescaler is None else list(rule.rescaler.betas),
+            "m_optimizer": self.m_optimizer_name,
+        }
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule.state_dict(),
+            "m_optimizer": self.m_optimizer.state_dict(),
+            "rule_state": self.rule_state,
+            "records": list(self.records),
+            "episode_steps": self.episode_steps,
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.rule.load_state_dict(state["rule"])
+        self.m_optimizer.load_state_dict(state["m_optimizer"])
+        self.rule_state = state["rule_state"]
+        self.records = deque(state["records"], maxlen=self.rule.rollout)
+        self.episode_steps = int(state["episode_steps"])

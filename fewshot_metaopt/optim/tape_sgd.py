@@ -1,0 +1,92 @@
+"""``AdaptiveSGDWithTape``: the tape rule as an ordinary ``torch.optim`` optimizer.
+
+Meta-train the rule first on a family of tasks, then train with it like SGD:
+
+>>> rule = TapeSGDRule(lr=0.05)
+>>> meta_train_on_tasks(rule, QuadraticTasks(dim=20), meta_steps=200, inner_steps=20)
+>>> opt = AdaptiveSGDWithTape(model.parameters(), rule=rule)
+>>> for x, y in batches:
+...     opt.zero_grad()
+...     loss = F.mse_loss(model(x), y)
+...     loss.backward()
+...     opt.step(loss=loss)           # or opt.step(closure)
+
+The loss is one of the tape's features, so ``step`` needs it: from a closure, or passed as
+``loss=``. The rule's weights are not trained here (the seed meta-trains them by unrolling
+inner steps over tasks: :func:`~fewshot_metaopt.optim.task_meta_training.meta_train_on_tasks`,
+or a learner's inner loop); they, the tape's memory and each tensor's momentum are saved by
+:meth:`state_dict`. Parameters without a gradient are skipped, as ``torch.optim`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .meta_optimizer import _detached
+from .named_optimizer import NamedOptimizer
+from .rules.loss_feature import with_loss
+from .rules.tape_sgd import TapeSGDRule
+
+
+class AdaptiveSGDWithTape(NamedOptimizer):
+    """Seed 002's adaptive SGD (see the module docstring).
+
+    Args:
+        params: parameters, named parameters or a module.
+        rule: a (meta-trained) :class:`TapeSGDRule`; it is moved to the parameters' dtype and
+            device. Without one, a fresh rule is built from ``rule_options`` (``lr``,
+            ``momentum``, ``weight_decay``, ``slots``, ``dim``, ``decay``, ``check_finite``).
+    """
+
+    def __init__(self, params: Iterable[Any] | nn.Module, rule: TapeSGDRule | None = None, **rule_options: Any) -> None:
+        super().__init__(params, "AdaptiveSGDWithTape")
+        if rule is None:
+            rule = TapeSGDRule(**rule_options)
+        elif not isinstance(rule, TapeSGDRule):
+            raise ValueError(f"AdaptiveSGDWithTape drives a TapeSGDRule, got {type(rule).__name__}")
+        elif rule_options:
+            raise ValueError(
+                f"AdaptiveSGDWithTape got a rule and rule options {sorted(rule_options)}; set them on the rule"
+            )
+        reference = next(iter(self.named_params().values()))
+        self.rule = rule.to(device=reference.device, dtype=reference.dtype)
+        self.rule_state: Any = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None, loss: Tensor | None = None) -> Tensor:
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if loss is None:
+            raise ValueError(
+                "AdaptiveSGDWithTape.step needs the loss, one of its tape's features: step(closure) or step(loss=loss)"
+            )
+        loss = self.checked_loss(loss)
+        params, grads = self.named_params(), self.gradients()
+        state = self.rule_state if self.rule_state is not None else self.rule.init(params)
+        new, state = self.rule.update(params, grads, with_loss(state, loss), self.steps_taken)
+        self.write({name: new[name] for name in grads})
+        self.rule_state = _detached(state)
+        self.steps_taken += 1
+        return loss
+
+    def hyperparameters(self) -> dict[str, Any]:
+        tape = self.rule.tape
+        return {
+            "lr": self.rule.lr,
+            "momentum": self.rule.momentum,
+            "weight_decay": self.rule.weight_decay,
+            "slots": tape.slots,
+            "dim": tape.dim,
+            "decay": tape.decay,
+        }
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"rule": self.rule.state_dict(), "rule_state": self.rule_state}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.rule.load_state_dict(state["rule"])
+        self.rule_state = state["rule_state"]
