@@ -1,0 +1,65 @@
+"""The ``fewshot-metaopt`` entry point: parse, dispatch, and turn every failure into one line.
+
+Exit status: 0 on success, 1 when a command fails (bad task file, missing data, damaged
+checkpoint, diverged training...), 2 for a command line argparse rejects, 130 when
+interrupted. ``--debug`` shows the traceback instead of the one line.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import torch
+
+from ..runs.errors import RunError
+from ..runs.provenance import package_version
+from . import evaluate_command, inspect_lr_command, plot_command, train_command
+from .parsing import PROG, OneLineParser
+
+FAILED = 1
+INTERRUPTED = 130
+COMMANDS = (train_command, evaluate_command, inspect_lr_command, plot_command)
+# Failures whose message already says what is wrong; anything else is reported with its type.
+EXPECTED = (RunError, ValueError, OSError, FloatingPointError)
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Meta-learning for few-shot benchmarks: train task files, evaluate runs, "
+                    "inspect learned inner learning rates, plot learning curves.",
+        epilog=f"'{PROG} COMMAND --help' describes each command; docs/cli.md describes task files and run directories.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--debug", action="store_true", help="on failure, show the full traceback")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True, parser_class=OneLineParser)
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if isinstance(err, EXPECTED):
+        return text or type(err).__name__
+    return f"unexpected {type(err).__name__}: {text} (rerun with --debug for the traceback)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        return args.run(args, [PROG, *argv])
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
+        return FAILED

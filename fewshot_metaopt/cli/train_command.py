@@ -1,0 +1,94 @@
+"""``fewshot-metaopt train``: meta-train a task file (or the quick start) into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..runs.errors import RunError
+from ..runs.run_dir import RunDir
+from ..runs.task_config import TaskConfig, load_task
+from ..runs.trainer import Trainer
+from .parsing import add_data_root, add_machine_options
+
+DESCRIPTION = """\
+Meta-train the task in TASKFILE (with no TASKFILE: the embedded Glyphs quick start, a few
+minutes on 2 CPU cores) into a run directory. A progress bar shows the iteration, meta-loss,
+training accuracy, speed and time left; every validation.every iterations the model is
+scored on a fixed validation manifest and the best checkpoint kept; the run ends with the
+test accuracy (or MSE) ± 95% CI of the best checkpoint on evaluation.episodes fixed episodes,
+written to RUN_DIR/results.json."""
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("train", help="meta-train a task; ends with test accuracy ± 95%% CI",
+                                 description=DESCRIPTION)
+    parser.add_argument("task", nargs="?", metavar="TASKFILE",
+                        help="a task file (tasks/*.toml); default: the embedded Glyphs quick start")
+    parser.add_argument("--out", metavar="RUN_DIR", default=None,
+                        help="the run directory to create (default: runs/<task name>-<date>-<time>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a task key, e.g. --set learner.inner_lr=0.1 or --set train.iterations=50 "
+                             "(repeatable; checked like the task file)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue the run in RUN_DIR from its latest checkpoint, with the settings it "
+                             "started with (bit-identical to an uninterrupted run)")
+    add_data_root(parser)
+    add_machine_options(parser)
+    parser.set_defaults(run=run)
+
+
+def default_out(task: TaskConfig) -> Path:
+    return Path("runs") / f"{task.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def describe(task: TaskConfig, trainer: Trainer, run: RunDir, echo: Callable[[str], None]) -> None:
+    t, learner = task.train, trainer.learner
+    budget = " and ".join(filter(None, [t.iterations and f"{t.iterations} iterations",
+                                        t.minutes and f"{t.minutes:g} minutes"]))
+    sizes = ", ".join(f"{role} {getattr(s, 'num_classes', 'family')}" for role, s in trainer.sources.items())
+    parameters = sum(p.numel() for p in learner.model.parameters())
+    echo(f"run directory: {run.path}")
+    echo(f"task {task.name}: {task.description}" if task.description else f"task {task.name}")
+    echo(f"data: {task.data.dataset} ({sizes}{' classes' if not task.regression else ''}); "
+         f"{task.ways}-way {task.episodes.shots}-shot, {task.episodes.queries} queries per class")
+    echo(f"model: {task.model.name}, {parameters:,} parameters; algorithm {task.learner.algorithm}, "
+         f"inner optimizer {task.inner_optimizer.method}")
+    echo(f"budget: {budget} x {t.meta_batch} episodes; validation every {task.validation.every} iterations "
+         f"on {task.validation.episodes} episodes; test on {task.evaluation.episodes}")
+
+
+def run(args: argparse.Namespace, command: Sequence[str], echo: Callable[[str], None] = print) -> int:
+    if args.resume is not None:
+        if args.task or args.overrides or args.out:
+            raise RunError("--resume continues RUN_DIR with the settings it started with; give it no TASKFILE, --set or --out")
+        run_dir = RunDir.open(args.resume)
+        if run_dir.results.is_file():
+            result = json.loads(run_dir.results.read_text(encoding="utf-8"))
+            echo(f"{run_dir.path} has finished already: test {result['metric']} {result['mean']:.4f} "
+                 f"± {result['ci95']:.4f} (95% CI, {result['episodes']} episodes); see {run_dir.results}")
+            return 0
+        task = run_dir.task(args.data_root)
+        trainer = Trainer(task, args.device)
+        trainer.resume(run_dir)
+        run_dir.record_resume(command)
+        echo(f"resuming at iteration {trainer.progress.iteration}")
+    else:
+        task = load_task(args.task, args.overrides, args.data_root)
+        trainer = Trainer(task, args.device)
+        run_dir = RunDir.create(args.out or default_out(task), task, command)
+    describe(task, trainer, run_dir, echo)
+    try:
+        trainer.train(run_dir)
+    except FloatingPointError as err:
+        raise RunError(f"{err} (the run in {run_dir.path} keeps its last checkpoint)") from None
+    result = trainer.finish(run_dir)
+    p = trainer.progress
+    if p.best_iteration is not None:
+        echo(f"best validation {p.best_value:.4f} at iteration {p.best_iteration}")
+    echo(f"test {result}")
+    echo(f"results: {run_dir.results}; learning curves: {run_dir.plots / 'learning_curves.png'}")
+    return 0

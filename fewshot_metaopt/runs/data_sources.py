@@ -1,0 +1,100 @@
+"""Opening the ``[data]`` section's splits, with errors that say which file is missing and how to get it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from ..datasets import Glyphs, MiniImageNet, Omniglot, Sinusoid
+from ..datasets.omniglot import ARCHIVES, DEFAULT_BASE_URL, LAKE_SPLITS, VINYALS_SPLITS
+from .errors import RunError
+from .settings import DataSettings
+
+DEFAULT_IMAGE_SIZE = {"glyphs": 28, "omniglot": 28, "miniimagenet": 84}
+CHANNELS = {"glyphs": 1, "omniglot": 1, "miniimagenet": 3}
+OMNIGLOT_HOME = "https://github.com/brendenlake/omniglot (python/images_*.zip)"
+MINIIMAGENET_TERMS = (
+    "miniImageNet cannot be downloaded automatically (ImageNet's terms): obtain it, then point "
+    "--data-root at the folder holding images/ with the Ravi & Larochelle CSVs, or the "
+    "learn2learn pickles mini-imagenet-cache-*.pkl"
+)
+
+
+def image_shape(data: DataSettings) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of the data set's images, known without reading it."""
+    size = data.image_size or DEFAULT_IMAGE_SIZE[data.dataset]
+    return CHANNELS[data.dataset], size, size
+
+
+def _root(data: DataSettings, wants: str) -> Path:
+    if data.root is None:
+        raise RunError(f"data.dataset {data.dataset!r} needs its folder: pass --data-root DIR, the folder holding {wants}")
+    root = Path(data.root)
+    if not root.is_dir() and not data.download:
+        raise RunError(f"data root {root} does not exist (it should hold {wants})")
+    return root
+
+
+def _check_omniglot(data: DataSettings, split: str) -> None:
+    """The files :class:`Omniglot` will read, checked first so the error speaks the CLI's language."""
+    root = _root(data, "images_background.zip and images_evaluation.zip")
+    if data.download:
+        return
+    stems = ARCHIVES if split in VINYALS_SPLITS else (LAKE_SPLITS.get(split, ARCHIVES[0]),)
+    for stem in stems:
+        if not (root / f"{stem}.zip").is_file() and not (root / stem).is_dir():
+            raise RunError(
+                f"{root} lacks {stem}.zip (or its extracted folder {stem}/): add --set data.download=true to "
+                f"fetch it (md5-checked) from {DEFAULT_BASE_URL}, or copy it from {OMNIGLOT_HOME}"
+            )
+    if split in VINYALS_SPLITS:
+        splits_dir = Path(data.splits_dir) if data.splits_dir else root / "splits" / "vinyals"
+        if not (splits_dir / f"{split}.txt").is_file():
+            raise RunError(
+                f"{splits_dir / (split + '.txt')} is missing: the Vinyals et al. split file for {split!r}; "
+                f"add --set data.download=true to fetch it, or set data.splits_dir to the folder holding it"
+            )
+
+
+def open_split(data: DataSettings, role: str) -> Any:
+    """The episode source for ``role`` (``train``, ``val`` or ``test``): a data set split,
+    or the sinusoid family (the same family for every role; manifests keep them apart)."""
+    split = data.split(role)
+    size = data.image_size or DEFAULT_IMAGE_SIZE.get(data.dataset)
+    try:
+        if data.dataset == "sinusoid":
+            return Sinusoid(noise_std=data.noise_std or 0.0)
+        if data.dataset == "glyphs":
+            extra = {k: getattr(data, k) for k in ("num_characters", "samples_per_class") if getattr(data, k) is not None}
+            return Glyphs(split, seed=data.seed or 0, image_size=size, cache_dir=data.cache_dir, **extra)
+        if data.dataset == "omniglot":
+            _check_omniglot(data, split)
+            return Omniglot(data.root, split, splits_dir=data.splits_dir, download=data.download,
+                            cache_dir=data.cache_dir, image_size=size)
+        _root(data, "images/ with train.csv, val.csv, test.csv, or the pickles mini-imagenet-cache-*.pkl")
+        try:
+            return MiniImageNet(data.root, split, cache_dir=data.cache_dir, image_size=size, splits_dir=data.splits_dir)
+        except FileNotFoundError as err:
+            raise RunError(f"{err}; {MINIIMAGENET_TERMS}") from None
+    except (ValueError, OSError) as err:
+        raise RunError(f"data.{role}_split {split!r} of {data.dataset}: {err}") from None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_files(source: Any) -> list[Path]:
+    """The files that define which classes and images a split holds (what results.json checksums)."""
+    if isinstance(source, Omniglot):
+        return [source.splits_dir / f"{source.split}.txt"] if source.split in VINYALS_SPLITS else []
+    if isinstance(source, MiniImageNet):
+        return list(source.sources)
+    if isinstance(source, Glyphs):
+        return [source.cache_path]  # drawn from the seed: the rendered pixels are the split
+    return []

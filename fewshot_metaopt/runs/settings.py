@@ -1,0 +1,273 @@
+"""The sections of a task file, one dataclass each, with their defaults and value checks.
+
+The ``[learner]`` section is :class:`~fewshot_metaopt.learners.GradientMetaLearnerConfig`
+itself; the other sections are defined here. A field left at ``None`` takes the default of
+whatever it configures. Some keys only mean something for one data set, model, schedule or
+inner optimizer; each section's :meth:`applicable` says which keys its current choice reads,
+so that a key that would be silently ignored is an error instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..optim.meta_optimizer import METHODS as META_OPTIMIZER_METHODS
+
+DATASETS = ("glyphs", "omniglot", "miniimagenet", "sinusoid")
+MODELS = ("conv4", "mlp")
+INNER_OPTIMIZERS = ("sgd", *META_OPTIMIZER_METHODS)
+SCHEDULES = ("constant", "cosine", "warmup", "cyclical")
+
+
+class SettingError(ValueError):
+    """A bad value of one key; ``key`` is its dotted name, so the loader can say where it was set."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+def _choose(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise SettingError(key, f"unknown {key} {value!r}; choose one of {', '.join(options)}")
+
+
+def _at_least(key: str, value: int | float | None, least: int | float) -> None:
+    if value is not None and value < least:
+        raise SettingError(key, f"{key} must be >= {least}, got {value}")
+
+
+@dataclass
+class DataSettings:
+    """``[data]``: which data set, where it lives and which of its splits train, validate and test.
+
+    Paths may be relative: to the task file's folder when written there, to the current
+    directory when given by ``--data-root`` or ``--set``.
+    """
+
+    dataset: str = "glyphs"
+    root: str | None = None
+    download: bool = False
+    splits_dir: str | None = None
+    cache_dir: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    image_size: int | None = None
+    seed: int | None = None
+    num_characters: int | None = None
+    samples_per_class: int | None = None
+    noise_std: float | None = None
+
+    SPLIT_KEYS: ClassVar[tuple[str, ...]] = ("train_split", "val_split", "test_split")
+    ONLY: ClassVar[dict[str, tuple[str, ...]]] = {
+        "glyphs": ("cache_dir", *SPLIT_KEYS, "image_size", "seed", "num_characters", "samples_per_class"),
+        "omniglot": ("root", "download", "splits_dir", "cache_dir", *SPLIT_KEYS, "image_size"),
+        "miniimagenet": ("root", "splits_dir", "cache_dir", *SPLIT_KEYS, "image_size"),
+        "sinusoid": ("noise_std",),
+    }
+
+    def __post_init__(self) -> None:
+        _choose("data.dataset", self.dataset, DATASETS)
+        for key in ("image_size", "num_characters", "samples_per_class"):
+            _at_least(f"data.{key}", getattr(self, key), 1)
+        _at_least("data.noise_std", self.noise_std, 0.0)
+
+    def applicable(self) -> set[str]:
+        return {"dataset", *self.ONLY[self.dataset]}
+
+    def split(self, role: str) -> str:
+        """The data set's split that plays ``role`` (``train``, ``val`` or ``test``)."""
+        return getattr(self, f"{role}_split")
+
+
+@dataclass
+class EpisodeSettings:
+    """``[episodes]``: N-way K-shot with ``queries`` query examples per class.
+
+    ``ways`` defaults to 5 for image data and 1 for regression; ``eval_queries`` (validation
+    and test episodes) defaults to ``queries``.
+    """
+
+    ways: int | None = None
+    shots: int = 1
+    queries: int = 15
+    eval_queries: int | None = None
+
+    def __post_init__(self) -> None:
+        _at_least("episodes.ways", self.ways, 1)
+        _at_least("episodes.shots", self.shots, 1)
+        _at_least("episodes.queries", self.queries, 1)
+        _at_least("episodes.eval_queries", self.eval_queries, 1)
+
+    def applicable(self) -> set[str]:
+        return {"ways", "shots", "queries", "eval_queries"}
+
+
+@dataclass
+class ModelSettings:
+    """``[model]``: ``conv4`` (Finn et al.; ``channels`` filters per layer, default 64) for
+    images, ``mlp`` (``hidden_layers`` widths, default ``[40, 40]``) for regression."""
+
+    name: str = "conv4"
+    channels: int | None = None
+    hidden_layers: list[int] | None = None
+
+    ONLY: ClassVar[dict[str, tuple[str, ...]]] = {"conv4": ("channels",), "mlp": ("hidden_layers",)}
+
+    def __post_init__(self) -> None:
+        _choose("model.name", self.name, MODELS)
+        _at_least("model.channels", self.channels, 1)
+        if self.hidden_layers is not None and (not self.hidden_layers or min(self.hidden_layers) < 1):
+            raise SettingError("model.hidden_layers", f"model.hidden_layers must list positive widths, got {self.hidden_layers}")
+
+    def applicable(self) -> set[str]:
+        return {"name", *self.ONLY[self.name]}
+
+
+@dataclass
+class InnerOptimizerSettings:
+    """``[inner_optimizer]``: the inner-loop update rule.
+
+    ``sgd`` is the learner's own rule (MAML's fixed lr, Meta-SGD's learned one, as the
+    ``[learner]`` algorithm says). The learned optimizers (``meta_sgd``, ``lstm``, ``l2o``;
+    ``warp_grad`` once it exists) are :class:`~fewshot_metaopt.optim.MetaOptimizer` rules, meta-trained
+    with the initialisation; the other keys are the :class:`~fewshot_metaopt.optim.MetaOptimizerConfig`
+    fields that shape the rule (unset: that config's default).
+    """
+
+    method: str = "sgd"
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    preconditioning: bool | None = None
+    lstm_variant: str | None = None
+    inner_lr: float | None = None
+    second_order: bool | None = None
+    output_scale: float | None = None
+
+    RULE_KEYS: ClassVar[tuple[str, ...]] = (
+        "hidden_size", "num_layers", "preconditioning", "lstm_variant", "inner_lr", "second_order", "output_scale",
+    )
+
+    def __post_init__(self) -> None:
+        _choose("inner_optimizer.method", self.method, INNER_OPTIMIZERS)
+
+    def applicable(self) -> set[str]:
+        return {"method"} if self.method == "sgd" else {"method", *self.RULE_KEYS}
+
+    def rule_settings(self) -> dict:
+        """The MetaOptimizerConfig keys this section sets."""
+        return {key: getattr(self, key) for key in self.RULE_KEYS if getattr(self, key) is not None}
+
+
+@dataclass
+class ScheduleSettings:
+    """``[meta_schedule]``: the meta learning rate over iterations, as a multiplier of
+    ``learner.meta_lr`` (see :mod:`fewshot_metaopt.optim.schedules`). ``cosine`` decays over
+    ``train.iterations``."""
+
+    name: str = "constant"
+    min_factor: float | None = None
+    warmup_steps: int | None = None
+    steps: int | None = None
+    start: float | None = None
+    period: float | None = None
+    low: float | None = None
+    high: float | None = None
+    mode: str | None = None
+
+    ONLY: ClassVar[dict[str, tuple[str, ...]]] = {
+        "constant": (),
+        "cosine": ("min_factor", "warmup_steps"),
+        "warmup": ("steps", "start"),
+        "cyclical": ("period", "low", "high", "mode"),
+    }
+
+    def __post_init__(self) -> None:
+        _choose("meta_schedule.name", self.name, SCHEDULES)
+
+    def applicable(self) -> set[str]:
+        return {"name", *self.ONLY[self.name]}
+
+    def arguments(self) -> dict:
+        return {key: getattr(self, key) for key in self.ONLY[self.name] if getattr(self, key) is not None}
+
+
+@dataclass
+class TrainSettings:
+    """``[train]``: the budget (``iterations`` and/or wall-clock ``minutes``; training stops at
+    whichever comes first), episodes per meta-iteration, and how often a metrics line and a
+    checkpoint are written."""
+
+    iterations: int | None = None
+    minutes: float | None = None
+    meta_batch: int = 32
+    log_every: int = 10
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.iterations is None and self.minutes is None:
+            raise SettingError("train.iterations", "the budget needs train.iterations or train.minutes (or both)")
+        _at_least("train.iterations", self.iterations, 1)
+        if self.minutes is not None and self.minutes <= 0:
+            raise SettingError("train.minutes", f"train.minutes must be positive, got {self.minutes}")
+        for key in ("meta_batch", "log_every", "checkpoint_every"):
+            _at_least(f"train.{key}", getattr(self, key), 1)
+
+    def applicable(self) -> set[str]:
+        return {"iterations", "minutes", "meta_batch", "log_every", "checkpoint_every"}
+
+
+@dataclass
+class ValidationSettings:
+    """``[validation]``: every ``every`` iterations (0: never) the model is scored on a fixed
+    manifest of ``episodes`` validation episodes; the best score keeps its checkpoint."""
+
+    every: int = 500
+    episodes: int = 100
+
+    def __post_init__(self) -> None:
+        _at_least("validation.every", self.every, 0)
+        _at_least("validation.episodes", self.episodes, 1)
+
+    def applicable(self) -> set[str]:
+        return {"every", "episodes"}
+
+
+@dataclass
+class EvaluationSettings:
+    """``[evaluation]``: the final test on a fixed manifest of ``episodes`` test episodes."""
+
+    episodes: int = 600
+
+    def __post_init__(self) -> None:
+        _at_least("evaluation.episodes", self.episodes, 1)
+
+    def applicable(self) -> set[str]:
+        return {"episodes"}
+
+
+@dataclass
+class TopLevel:
+    """The keys outside any section: the task's ``name``, a ``description`` and the ``seed``
+    of the whole run (model initialisation, training episodes, validation and test manifests)."""
+
+    name: str = "task"
+    description: str = ""
+    seed: int = 0
+
+    def applicable(self) -> set[str]:
+        return {"name", "description", "seed"}
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataSettings,
+    "episodes": EpisodeSettings,
+    "model": ModelSettings,
+    "inner_optimizer": InnerOptimizerSettings,
+    "meta_schedule": ScheduleSettings,
+    "train": TrainSettings,
+    "validation": ValidationSettings,
+    "evaluation": EvaluationSettings,
+}

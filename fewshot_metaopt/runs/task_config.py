@@ -1,0 +1,293 @@
+"""A task: a task file's contents with command-line overrides, checked and fully resolved.
+
+Every key is checked before anything runs: an unknown key, a value of the wrong type, a value
+out of range or a key the chosen data set, model, schedule or inner optimizer would ignore is
+a :class:`RunError` naming the key and where it was set (the file, ``--set key=value`` or
+``--data-root``). ``--set`` values are read as TOML values (``--set learner.inner_lr=0.1``,
+``--set model.hidden_layers=[40,40]``); a bare word is a string (``--set learner.algorithm=anil``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import typing
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..learners.config import GradientMetaLearnerConfig
+from ..optim.meta_optimizer import MetaOptimizerConfig
+from .errors import RunError
+from .schedule_factory import build_schedule
+from .settings import (
+    SECTIONS,
+    DataSettings,
+    EpisodeSettings,
+    EvaluationSettings,
+    InnerOptimizerSettings,
+    ModelSettings,
+    ScheduleSettings,
+    SettingError,
+    TopLevel,
+    TrainSettings,
+    ValidationSettings,
+)
+from .value_types import WrongType, coerce
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+QUICKSTART = "quickstart.toml"
+# The order sections are written in: what is learned from, then how, then for how long.
+SECTION_ORDER = (
+    "data", "episodes", "model", "learner", "inner_optimizer", "meta_schedule", "train", "validation", "evaluation",
+)
+ALL_SECTIONS: dict[str, type] = {**SECTIONS, "learner": GradientMetaLearnerConfig}
+PATH_KEYS = ("data.root", "data.splits_dir", "data.cache_dir")
+REGRESSION = ("sinusoid",)
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    description: str
+    seed: int
+    data: DataSettings
+    episodes: EpisodeSettings
+    model: ModelSettings
+    learner: GradientMetaLearnerConfig
+    inner_optimizer: InnerOptimizerSettings
+    meta_schedule: ScheduleSettings
+    train: TrainSettings
+    validation: ValidationSettings
+    evaluation: EvaluationSettings
+
+    @property
+    def regression(self) -> bool:
+        return self.data.dataset in REGRESSION
+
+    @property
+    def ways(self) -> int:
+        if self.episodes.ways is not None:
+            return self.episodes.ways
+        return 1 if self.regression else 5
+
+    @property
+    def eval_queries(self) -> int:
+        e = self.episodes
+        return e.queries if e.eval_queries is None else e.eval_queries
+
+    def meta_optimizer_config(self) -> MetaOptimizerConfig | None:
+        """The learned inner optimizer's settings, or None for the learner's own rule."""
+        inner = self.inner_optimizer
+        if inner.method == "sgd":
+            return None
+        return MetaOptimizerConfig.from_dict({"method": inner.method, **inner.rule_settings()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every key that applies, with its resolved value (``None`` ones are omitted, as TOML must)."""
+        out: dict[str, Any] = {"name": self.name, "description": self.description, "seed": self.seed}
+        for section in SECTION_ORDER:
+            settings = getattr(self, section)
+            names = _applicable(settings)
+            out[section] = {f.name: getattr(settings, f.name) for f in fields(settings)
+                            if f.name in names and getattr(settings, f.name) is not None}
+        return out
+
+
+class Origins:
+    """Where each dotted key was set, for error messages."""
+
+    def __init__(self, default: str) -> None:
+        self.default = default
+        self.keys: dict[str, str] = {}
+
+    def of(self, key: str) -> str:
+        """The source of ``key``; for a section, of every key set in it (overrides first)."""
+        if key in self.keys:
+            return self.keys[key]
+        inside = [source for k, source in self.keys.items() if k.startswith(key + ".")]
+        sources = list(dict.fromkeys(sorted(inside, key=lambda s: s == self.default)))
+        return " and ".join(sources) if sources else self.default
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"learner.inner_lr=0.1"`` -> ``("learner.inner_lr", 0.1)``."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RunError(f"--set needs key=value (for example learner.inner_lr=0.1), got {text!r}")
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def read_task_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"task file {path} does not exist")
+    if not path.is_file():
+        raise RunError(f"task file {path} is not a file")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise RunError(f"{path} is not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise RunError(f"{path} is not valid TOML: it is not UTF-8 text") from None
+
+
+def _resolve_paths(values: dict[str, Any], keys: Sequence[str], base: Path) -> None:
+    data = values.get("data")
+    if not isinstance(data, dict):
+        return
+    for dotted in keys:
+        name = dotted.split(".", 1)[1]
+        value = data.get(name)
+        if isinstance(value, str):
+            path = Path(value).expanduser()
+            data[name] = str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _set(values: dict[str, Any], key: str, value: Any, source: str) -> None:
+    section, dot, name = key.partition(".")
+    if not dot:
+        values[key] = value
+        return
+    if "." in name or section not in ALL_SECTIONS:
+        known = ", ".join(sorted(ALL_SECTIONS))
+        raise RunError(f"unknown key {key!r} in {source}; sections are {known}")
+    table = values.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise RunError(f"{section!r} is a table ([{section}]); cannot set {key!r} from {source}")
+    table[name] = value
+
+
+def _applicable(settings: Any) -> set[str]:
+    """The keys ``settings`` reads; the learner's config reads every key it has."""
+    if hasattr(settings, "applicable"):
+        return settings.applicable()
+    return {f.name for f in fields(settings)}
+
+
+def _section(cls: type, prefix: str, given: Mapping[str, Any], origins: Origins):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    key = lambda name: f"{prefix}{name}"  # noqa: E731 - a dotted name, used a dozen times
+    for name in given:
+        if name not in names:
+            known = ", ".join(key(n) for n in names)
+            raise RunError(f"unknown key {key(name)!r} in {origins.of(key(name))}; known: {known}")
+    checked = {}
+    for name, value in given.items():
+        try:
+            checked[name] = coerce(value, hints[name])
+        except WrongType as expected:
+            raise RunError(
+                f"{key(name)} in {origins.of(key(name))} must be {expected}, got {value!r}"
+            ) from None
+    try:
+        settings = cls(**checked)
+    except SettingError as err:
+        raise RunError(f"{origins.of(err.key)}: {err}") from None
+    except ValueError as err:  # the learner's own checks, which name no key
+        section = prefix.rstrip(".")
+        raise RunError(f"{origins.of(section)}: [{section}] {err}") from None
+    applicable = _applicable(settings)
+    for name in given:
+        if name not in applicable:
+            raise RunError(f"{key(name)} in {origins.of(key(name))} {_why_not(settings, prefix)}")
+    return settings
+
+
+def _why_not(settings: Any, prefix: str) -> str:
+    if isinstance(settings, DataSettings):
+        return f"does not apply to data.dataset {settings.dataset!r}"
+    if isinstance(settings, ModelSettings):
+        return f"does not apply to model.name {settings.name!r}"
+    if isinstance(settings, ScheduleSettings):
+        return f"does not apply to meta_schedule.name {settings.name!r}"
+    return f"does not apply to {prefix}method {getattr(settings, 'method', '')!r}"
+
+
+def _cross_checks(task: TaskConfig, origins: Origins) -> None:
+    """What no single section can see: the model must fit the data, and so on."""
+
+    def fail(key: str, message: str) -> None:
+        raise RunError(f"{origins.of(key)}: {message}")
+
+    wanted = "mlp" if task.regression else "conv4"
+    if task.model.name != wanted:
+        kind = "a regression family" if task.regression else "an image data set"
+        fail("model.name", f"model.name {task.model.name!r} does not fit data.dataset "
+                           f"{task.data.dataset!r} ({kind}); use {wanted!r}")
+    if task.regression and task.ways != 1:
+        fail("episodes.ways", f"episodes.ways must be 1 for the regression family {task.data.dataset!r}, got {task.ways}")
+    try:
+        task.meta_optimizer_config()
+    except ValueError as err:
+        fail("inner_optimizer", f"[inner_optimizer] {err}")
+    try:
+        build_schedule(task.meta_schedule, task.train.iterations)
+    except ValueError as err:
+        fail("meta_schedule", f"[meta_schedule] {err}")
+
+
+def build_task(values: Mapping[str, Any], origins: Origins) -> TaskConfig:
+    """A :class:`TaskConfig` from a task file's nested dict, every key checked."""
+    top_names = {f.name for f in fields(TopLevel)}
+    for key, value in values.items():
+        if key in ALL_SECTIONS:
+            if not isinstance(value, dict):
+                raise RunError(f"{key!r} in {origins.of(key)} must be a table ([{key}]), got {value!r}")
+        elif key not in top_names:
+            known = ", ".join([*sorted(top_names), *(f"[{s}]" for s in SECTION_ORDER)])
+            raise RunError(f"unknown key {key!r} in {origins.of(key)}; known: {known}")
+    top = _section(TopLevel, "", {k: v for k, v in values.items() if k in top_names}, origins)
+    sections = {name: _section(ALL_SECTIONS[name], f"{name}.", values.get(name, {}), origins) for name in SECTION_ORDER}
+    task = TaskConfig(name=top.name, description=top.description, seed=top.seed, **sections)
+    _cross_checks(task, origins)
+    return task
+
+
+def load_task(
+    path: str | os.PathLike | None,
+    overrides: Sequence[str] = (),
+    data_root: str | os.PathLike | None = None,
+) -> TaskConfig:
+    """The task in ``path`` (the embedded quick start when None) with ``--set`` overrides and
+    ``--data-root`` applied on top."""
+    if path is None:
+        text = resources.files(__package__).joinpath(QUICKSTART).read_text(encoding="utf-8")
+        values, source, base = tomllib.loads(text), "the embedded quick-start task", Path.cwd()
+    else:
+        values, source, base = read_task_file(path), str(path), Path(path).resolve().parent
+        values.setdefault("name", Path(path).stem)
+    origins = Origins(source)
+    _resolve_paths(values, PATH_KEYS, base)
+    changes: list[tuple[str, Any, str]] = [(key, value, f"--set {text}") for text in overrides
+                                           for key, value in [parse_override(text)]]
+    if data_root is not None:
+        changes.append(("data.root", str(data_root), "--data-root"))
+    for key, value, where in changes:
+        _set(values, key, value, where)
+        origins.keys[key] = where
+        if key in PATH_KEYS:
+            _resolve_paths(values, [key], Path.cwd())
+    return build_task(values, origins)
+
+
+def task_from_dict(values: Mapping[str, Any], source: str, data_root: str | os.PathLike | None = None) -> TaskConfig:
+    """A resolved task stored in a run directory or checkpoint; ``data_root`` moves its data."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    origins = Origins(source)
+    if data_root is not None:
+        _set(values, "data.root", str(Path(data_root).expanduser().resolve()), "--data-root")
+        origins.keys["data.root"] = "--data-root"
+    return build_task(values, origins)

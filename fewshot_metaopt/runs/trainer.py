@@ -1,0 +1,245 @@
+"""Meta-training a task inside a run directory: the loop, its checkpoints and its resumption.
+
+Bit-exact resumption rests on three things: every source of randomness is in the checkpoint
+(the global RNGs and the training sampler's generator; validation and test episodes come
+from fixed manifests), the state of everything that changes (weights, the inner rule's
+meta-parameters, the outer optimizer, the schedule, the running metrics window) is in it too,
+and ``metrics.jsonl`` is cut back to what the checkpoint saw. A resumed run then repeats the
+uninterrupted one operation for operation (on the same machine, thread count and versions).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..learners import EvaluationResult
+from . import rng_state
+from .atomic import remove_leftovers
+from .checkpoint import load_checkpoint, save_checkpoint
+from .components import build_learner, build_scheduler, manifest, train_sampler
+from .data_sources import image_shape, open_split, sha256_of, split_files
+from .errors import RunError
+from .learning_curves import plot_learning_curves
+from .metrics_log import MetricsLog, read_metrics
+from .provenance import git_commit, package_version
+from .run_dir import RunDir, now, write_json
+from .task_config import PATH_KEYS, TaskConfig
+
+ROLES = ("train", "val", "test")
+
+
+@dataclass
+class Window:
+    """The iterations since the last metrics line, averaged into the next one."""
+
+    loss: float = 0.0
+    accuracy: float = 0.0
+    count: int = 0
+    scored: int = 0
+    skipped_tasks: int = 0
+    grad_norm: float = math.nan
+
+    def add(self, result) -> None:
+        self.loss += result.loss
+        self.count += 1
+        if result.accuracy is not None:
+            self.accuracy += result.accuracy
+            self.scored += 1
+        self.skipped_tasks += result.skipped_tasks
+        self.grad_norm = result.grad_norm
+
+    def flush(self) -> dict[str, Any]:
+        line = {
+            "loss": self.loss / self.count if self.count else None,
+            "accuracy": self.accuracy / self.scored if self.scored else None,
+            "grad_norm": self.grad_norm,
+            "skipped_tasks": self.skipped_tasks,
+        }
+        self.__init__()
+        return line
+
+
+@dataclass
+class Progress:
+    iteration: int = 0
+    elapsed_s: float = 0.0
+    best_value: float | None = None
+    best_iteration: int | None = None
+    validated_at: int | None = None
+    metrics_bytes: int = 0
+    window: Window = field(default_factory=Window)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "Progress":
+        return cls(**{**state, "window": Window(**state["window"])})
+
+
+def _without_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """A task minus its data paths, which may move between machines without changing the run."""
+    data = {k: v for k, v in values["data"].items() if f"data.{k}" not in PATH_KEYS}
+    return {**values, "data": data}
+
+
+class Trainer:
+    """Everything a run needs, built from ``task`` before anything is written to disk, so
+    that bad data or settings fail without leaving a half-made run directory behind."""
+
+    def __init__(self, task: TaskConfig, device: str = "cpu", echo: Callable[[str], None] = tqdm.write) -> None:
+        self.task, self.device, self.echo = task, device, echo
+        self.sources = {role: open_split(task.data, role) for role in ROLES}
+        for role, source in self.sources.items():
+            shape = getattr(source, "image_shape", None)
+            if shape is not None and tuple(shape) != image_shape(task.data):
+                raise RunError(f"data.{role}_split images are {tuple(shape)}, the model expects {image_shape(task.data)}; "
+                               f"set data.image_size to {shape[-1]}")
+        self.sampler = train_sampler(task, self.sources["train"])
+        self.val = manifest(task, self.sources["val"], "val", task.validation.episodes)
+        self.test = manifest(task, self.sources["test"], "test", task.evaluation.episodes)
+        rng_state.seed_everything(task.seed)
+        self.learner = build_learner(task, device)
+        self.scheduler = build_scheduler(task, self.learner)
+        self.progress = Progress()
+
+    # ------------------------------------------------------------------------ checkpoints
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "iteration": self.progress.iteration,
+            "task": self.task.to_dict(),
+            "learner": self.learner.state_dict(),
+            "meta_schedule": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": rng_state.capture(),
+            "samplers": {"train": self.sampler.state_dict()},
+            "progress": asdict(self.progress),
+            "package_version": package_version(),
+        }
+
+    def _checkpoint(self, run: RunDir, log: MetricsLog, started: float, best: bool) -> None:
+        self.progress.elapsed_s = time.monotonic() - started
+        self.progress.metrics_bytes = log.sync()
+        payload = self._payload()
+        save_checkpoint(run.last_checkpoint, payload)
+        if best:
+            save_checkpoint(run.best_checkpoint, payload)
+
+    def resume(self, run: RunDir) -> None:
+        """Continue from ``run``'s latest checkpoint (from the start if it has none yet)."""
+        remove_leftovers(run.checkpoints)
+        if not run.last_checkpoint.is_file():
+            MetricsLog.cut_back(run.metrics, 0)
+            run.best_checkpoint.unlink(missing_ok=True)
+            return
+        state = load_checkpoint(run.last_checkpoint, map_location=self.device)
+        if _without_paths(state["task"]) != _without_paths(self.task.to_dict()):
+            raise RunError(f"{run.config} no longer matches the run's checkpoint {run.last_checkpoint}; "
+                           "a run resumes with the settings it started with")
+        self.learner.load_state_dict(state["learner"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["meta_schedule"])
+        self.sampler.load_state_dict(state["samplers"]["train"])
+        rng_state.restore(state["rng"])
+        self.progress = Progress.from_dict(state["progress"])
+        MetricsLog.cut_back(run.metrics, self.progress.metrics_bytes)
+
+    # ------------------------------------------------------------------------ the loop
+
+    def _spent(self, started: float) -> bool:
+        t = self.task.train
+        if t.iterations is not None and self.progress.iteration >= t.iterations:
+            return True
+        return t.minutes is not None and time.monotonic() - started >= 60 * t.minutes
+
+
+    def _log(self, run: RunDir, log: MetricsLog, started: float, validate: bool) -> None:
+        p = self.progress
+        line = {"iteration": p.iteration, **p.window.flush(),
+                "meta_lr": self.learner.meta_optimizer.param_groups[0]["lr"]}
+        improved = False
+        if validate:
+            score = self.learner.evaluate(self.val)
+            p.validated_at = p.iteration
+            higher_is_better = score.metric == "accuracy"
+            improved = p.best_value is None or (
+                score.mean > p.best_value if higher_is_better else score.mean < p.best_value
+            )
+            if improved:
+                p.best_value, p.best_iteration = score.mean, p.iteration
+            line.update(val_metric=score.metric, val_mean=score.mean, val_ci95=score.ci95, best=improved)
+            self.echo(f"iteration {p.iteration}: validation {score}{' (best so far)' if improved else ''}")
+        line["wall_s"] = round(time.monotonic() - started, 3)
+        log.append(line)
+        if improved:
+            self._checkpoint(run, log, started, best=True)
+
+    def train(self, run: RunDir) -> None:
+        t, p = self.task.train, self.progress
+        log = MetricsLog(run.metrics)
+        started = time.monotonic() - p.elapsed_s
+        bar = tqdm(total=t.iterations, initial=p.iteration, desc="meta-train", unit="it", mininterval=1.0)
+        try:
+            done = self._spent(started)
+            while not done:
+                result = self.learner.meta_train_step(self.sampler.sample_batch(t.meta_batch))
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                p.iteration += 1
+                p.window.add(result)
+                done = self._spent(started)
+                every = self.task.validation.every
+                validate = every > 0 and (p.iteration % every == 0 or done)
+                if p.iteration % t.log_every == 0 or validate or done:
+                    self._log(run, log, started, validate)
+                if p.iteration % t.checkpoint_every == 0 or done:
+                    self._checkpoint(run, log, started, best=False)
+                bar.update(1)
+                postfix = {"loss": f"{result.loss:.3f}"}
+                if result.accuracy is not None:
+                    postfix["acc"] = f"{result.accuracy:.3f}"
+                bar.set_postfix(postfix, refresh=False)
+        finally:
+            bar.close()
+            log.close()
+
+    # ------------------------------------------------------------------------ the end
+
+    def finish(self, run: RunDir) -> EvaluationResult:
+        """Test the checkpoint that stands for the run; write results.json and the curves."""
+        path = run.checkpoint_for_use()
+        state = load_checkpoint(path, map_location=self.device)
+        self.learner.load_state_dict(state["learner"])
+        result = self.learner.evaluate(tqdm(self.test, desc="test", leave=False, unit="episode", mininterval=1.0))
+        info = run.read_info()
+        p = self.progress
+        write_json(run.results, {
+            "task": self.task.name,
+            "split": self.task.data.test_split,
+            "metric": result.metric,
+            "mean": result.mean,
+            "ci95": result.ci95,
+            "episodes": len(result.values),
+            "inner_steps": self.learner.config.eval_steps,
+            "seed": self.task.seed,
+            "checkpoint": str(path.relative_to(run.path)),
+            "checkpoint_iteration": state["iteration"],
+            "best_validation": None if p.best_value is None else {"iteration": p.best_iteration, "mean": p.best_value},
+            "iterations": p.iteration,
+            "train_seconds": round(p.elapsed_s, 1),
+            "split_files": {role: {str(f): sha256_of(f) for f in split_files(source)} for role, source in self.sources.items()},
+            "package_version": package_version(),
+            "git": git_commit(),
+            "torch_version": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(self.device),
+            "command": shlex.join(info["command"]),
+            "resumed": [shlex.join(r["command"]) for r in info.get("resumed", [])],
+            "finished": now(),
+        })
+        plot_learning_curves(read_metrics(run.metrics), run.plots / "learning_curves.png", self.task.name)
+        return result
