@@ -79,5 +79,5 @@ def meta_train_on_tasks(
         if not math.isfinite(norm):
             raise ValueError(f"the meta-gradient norm is {norm} at meta-step {meta_step}; nothing was updated")
         optimizer.step()
-        history.append(float(meta_loss))
+        history.append(float(meta_loss.detach()))
     return history
