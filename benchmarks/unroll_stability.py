@@ -33,9 +33,12 @@ def main() -> None:
     parser.add_argument("--variant", default="scalable", choices=["scalable", "faithful"])
     parser.add_argument("--meta-lr", type=float, default=3e-3)
     parser.add_argument("--output-scale", type=float, default=0.1, help="the LSTM's output scale (paper: 0.1)")
+    parser.add_argument("--init", default="descent", choices=["descent", "random"],
+                        help="the rule's initialisation (descent: starts as a hand-designed method)")
+    parser.add_argument("--inner-lr", type=float, default=0.01, help="the untrained rule's step size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(f"{args.method} ({args.variant}, output scale {args.output_scale}), sinusoid MLP 40-40, {args.tasks} tasks "
+    print(f"{args.method} ({args.variant}, init {args.init}, inner lr {args.inner_lr}, output scale {args.output_scale}), sinusoid MLP 40-40, {args.tasks} tasks "
           f"x {args.meta_steps} meta-steps, meta lr {args.meta_lr}, torch {torch.__version__}")
     print(f"{'unroll':>6} {'loss at start':>14} {'first meta-loss':>16} {'last meta-loss':>15} {'max grad norm':>14} "
           f"{'stable':>7} {'s':>6}")
@@ -45,6 +48,7 @@ def main() -> None:
         config = MetaOptimizerConfig(
             method=args.method, lstm_variant=args.variant, inner_steps=unroll, unroll_steps=unroll,
             meta_lr=args.meta_lr, meta_loss="support", output_scale=args.output_scale,
+            rule_init=args.init, inner_lr=args.inner_lr,
         )
         mo = MetaOptimizer(model, config)
         sampler = TaskDistributionSampler(Sinusoid(), shots=10, queries=10, seed=args.seed)

@@ -49,7 +49,7 @@ def test_meta_sgd_compute_update_and_learned_lr_for_known_alpha():
 def test_lstm_state_fields_and_reset_restores_the_initial_state():
     model = tiny_mlp()
     torch.manual_seed(0)
-    mo = MetaOptimizer(model, MetaOptimizerConfig(method="lstm"))
+    mo = MetaOptimizer(model, MetaOptimizerConfig(method="lstm", rule_init="random"))
     g = grads_of(model, classification_episodes(1, (3,))[0])
     first, state = mo.compute_update(g)
     coordinates = sum(p.numel() for p in model.parameters())
@@ -98,6 +98,7 @@ def test_bad_gradients_are_named():
         ({"method": "warp_grad"}, "'warp_grad' is not available in this version"),
         ({"lstm_variant": "huge"}, "unknown lstm_variant 'huge'"),
         ({"meta_loss": "val"}, "unknown meta_loss 'val'"),
+        ({"rule_init": "zeros"}, "unknown rule_init 'zeros'; choose one of descent, random"),
         ({"coordinatewise": False}, "every learned optimizer here is coordinatewise"),
         ({"method": "lstm", "preconditioning": False}, "applies to meta_sgd only"),
         ({"unroll_steps": 0}, "unroll_steps must be >= 1"),

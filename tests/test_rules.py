@@ -30,15 +30,22 @@ from test_meta_gradients import autograd_meta_gradient, central_differences, fin
 
 
 def make_rule(kind: str, **kwargs):
+    """A rule whose every meta-parameter matters: the descent initialisation (which starts the
+    readouts at zero) shaken by noise, so that gradients reach all weights."""
     torch.manual_seed(3)
     if kind == "adam":
         return AdamRule(lr=0.1, **kwargs)
     if kind == "lstm":
-        return LSTMRule(**kwargs)
-    if kind == "scalable":
-        return ScalableLSTMRule(**kwargs)
-    # larger steps than MLPLOpt's defaults, so that the inner loop moves the weights
-    return L2ORule(step_mult=0.1, exp_mult=0.1, **kwargs)
+        rule = LSTMRule(init_lr=0.05, **kwargs)
+    elif kind == "scalable":
+        rule = ScalableLSTMRule(init_lr=0.05, **kwargs)
+    else:
+        # larger steps than MLPLOpt's defaults, so that the inner loop moves the weights
+        rule = L2ORule(step_mult=0.1, exp_mult=0.1, **kwargs)
+    with torch.no_grad():
+        for p in rule.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return rule
 
 
 LEARNED = ["lstm", "scalable", "l2o"]
@@ -354,6 +361,53 @@ def test_constructors_reject_bad_settings_and_the_factory_picks_a_variant():
     assert "decay_logits" not in dict(scalable.named_parameters())
     assert "decay_logits" in dict(scalable.named_buffers())
     assert len(list(L2ORule(hidden_layers=0).mlp)) == 1
+
+
+def test_untrained_descent_rules_are_sign_descent_adam_and_normalised_adam():
+    """init="descent": the faithful LSTM steps -lr sign(g), the scalable one equals Adam on
+    vectors (Adafactor-factored on matrices), L2O steps along the Adam direction at unit RMS."""
+    torch.manual_seed(0)
+    params = {"w": torch.randn(4, 3, dtype=torch.float64), "b": torch.randn(4, dtype=torch.float64)}
+    grads = [{n: torch.randn_like(p) for n, p in params.items()} for _ in range(3)]
+
+    lstm = LSTMRule(init_lr=0.01).double()
+    new, _ = lstm.update(params, grads[0], lstm.init(params), 0)
+    for n in params:
+        torch.testing.assert_close(new[n] - params[n], -0.01 * grads[0][n].sign())
+
+    scalable = ScalableLSTMRule(init_lr=0.01).double()
+    adam = AdamRule(lr=0.01).double()
+    ours, state = dict(params), scalable.init(params)
+    ref, ref_state = dict(params), adam.init(params)
+    for k, g in enumerate(grads):
+        ours, state = scalable.update(ours, g, state, k)
+        ref, ref_state = adam.update(ref, g, ref_state, k)
+    torch.testing.assert_close(ours["b"], ref["b"], rtol=1e-6, atol=1e-9)
+    assert float((ours["w"] - params["w"]).detach().abs().max()) > 0
+
+    l2o = L2ORule(step_mult=0.01).double()
+    new, state = l2o.update(params, grads[0], l2o.init(params), 0)
+    for n, g in grads[0].items():
+        v = (1 - 0.999) * g * g
+        direction = (1 - 0.9) * g * torch.rsqrt(v + 1e-8)
+        direction = direction * torch.rsqrt(1e-5 + direction.square().mean())
+        torch.testing.assert_close(new[n] - params[n], -0.01 * direction)
+
+
+def test_random_init_keeps_the_papers_form_and_bad_init_settings_are_named():
+    for rule in (LSTMRule(init="random"), ScalableLSTMRule(init="random"), L2ORule(init="random")):
+        assert rule.init_mode == "random"
+        assert "nominal" not in dict(rule.named_parameters()) and "skip" not in dict(rule.named_parameters())
+        assert float(dict(rule.named_buffers()).get("nominal", dict(rule.named_buffers()).get("skip")).abs().sum()) == 0
+    with pytest.raises(ValueError, match="unknown rule init 'zeros'"):
+        LSTMRule(init="zeros")
+    with pytest.raises(ValueError, match="init_lr must be positive and finite, got -1"):
+        ScalableLSTMRule(init_lr=-1)
+    with pytest.raises(ValueError, match="step_mult must be positive and finite, got 0"):
+        L2ORule(step_mult=0)
+    with pytest.raises(ValueError, match="decay 0.9"):
+        L2ORule(decays=(0.5, 0.99))
+    assert L2ORule(decays=(0.5, 0.99), init="random").num_features == 4 + 4 + 9
 
 
 def test_the_written_out_lstm_cell_equals_torch_lstm_cell():

@@ -36,6 +36,7 @@ from .learned_lr import learned_lr_of
 from .rules.base import Params, UpdateRule
 from .rules.l2o import L2ORule
 from .rules.lstm_scalable import LSTM_VARIANTS, lstm_rule
+from .rules.preprocess import RULE_INITS
 from .rules.sgd import SGDRule
 
 METHODS = ("meta_sgd", "lstm", "l2o", "warp_grad")
@@ -59,7 +60,13 @@ class MetaOptimizerConfig:
     gradient_clipping: max global norm of each window's meta-gradient (``0``: no clipping).
     lstm_variant: ``faithful`` (Andrychowicz 2016; 2 x num_layers x hidden floats of state per
         coordinate) or ``scalable`` (at most 2 floats per coordinate plus a per-tensor LSTM).
-    inner_lr: Meta-SGD's initial lr.
+    inner_lr: the untrained rule's step size: Meta-SGD's initial lr, the lr of the Adam that an
+        untrained scalable LSTM equals, the sign-descent step of an untrained faithful LSTM and
+        the L2O rule's ``step_mult`` (see ``rule_init``).
+    rule_init: ``descent`` — each learned rule starts as a hand-designed descent method and
+        meta-training learns corrections (its readout starts at zero); ``random`` — the
+        papers' random initialisation (untrained rules then move weights in arbitrary
+        directions; see docs/meta_optimizer.md).
     inner_steps: inner steps per episode in ``meta_train_step``.
     second_order: keep the inner gradients in the graph (the papers feed them as constants).
     output_scale: the LSTM's output scale (paper: 0.1).
@@ -82,6 +89,7 @@ class MetaOptimizerConfig:
     output_scale: float = 0.1
     meta_loss: str = "query"
     loss: str = "auto"
+    rule_init: str = "descent"
 
     def __post_init__(self) -> None:
         for name, value, options in (
@@ -89,6 +97,7 @@ class MetaOptimizerConfig:
             ("lstm_variant", self.lstm_variant, LSTM_VARIANTS),
             ("meta_loss", self.meta_loss, META_LOSSES),
             ("loss", self.loss, LOSSES),
+            ("rule_init", self.rule_init, RULE_INITS),
         ):
             if value not in options:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
@@ -147,9 +156,10 @@ def build_rule(config: MetaOptimizerConfig, shapes: Dict[str, torch.Size], dtype
         return lstm_rule(
             variant=config.lstm_variant, hidden_size=config.hidden_size, num_layers=config.num_layers,
             output_scale=config.output_scale, second_order=config.second_order,
+            init=config.rule_init, init_lr=config.inner_lr,
         ).to(dtype)
     return L2ORule(hidden_size=config.hidden_size, hidden_layers=config.num_layers,
-                   second_order=config.second_order).to(dtype)
+                   second_order=config.second_order, init=config.rule_init, step_mult=config.inner_lr).to(dtype)
 
 
 class MetaOptimizer(UpdateRule):

@@ -105,10 +105,6 @@ class ControlRule(UpdateRule):
             self.rescaler = AdamRule(lr=1.0, betas=tuple(adam_betas), eps=eps, check_finite=False)
         self.check_finite = check_finite
 
-    @property
-    def coordinates(self) -> int:
-        return sum(self.sizes)
-
     # ------------------------------------------------------------------------- flat views
 
     def flatten(self, tensors: Params, like: Tensor | None = None) -> Tensor:

@@ -6,17 +6,26 @@ For each tensor with gradient ``g`` and value ``theta`` (one row per coordinate 
 
     m_k = beta_k m_k + (1 - beta_k) g         momenta, beta_k in decays (0.5, 0.9, 0.99)
     v   = rho v + (1 - rho) g^2                RMS accumulator, rho = 0.999
-    f_i = (g_i, theta_i, m_1i, m_2i, m_3i, sqrt(v_i), g_i / sqrt(v_i + eps))
+    f_i = (g_i, theta_i, m_1i, m_2i, m_3i, sqrt(v_i), g_i / sqrt(v_i + eps),
+           m_1i / sqrt(v_i + eps), m_2i / sqrt(v_i + eps), m_3i / sqrt(v_i + eps))
     f   = f / sqrt(norm_eps + mean_i f_i^2)    second-moment normalisation, per tensor and feature
     z_i = (f_i, tanh(step / tau - 1) for tau in timescales)     step-count embedding
-    (d_i, s_i) = MLP(z_i)                      hidden_layers x hidden_size, ReLU, 2 outputs
+    (d_i, s_i) = MLP(z_i) + (n . f_i, 0)       hidden_layers x hidden_size, ReLU, 2 outputs
     theta_i' = theta_i - d_i * exp(s_i * exp_mult) * step_mult
+
+Initialisation (``init``). ``descent`` (default) starts the MLP's last layer at zero and the
+nominal ``n`` on the normalised Adam direction ``m_2 / sqrt(v + eps)`` (momentum 0.9): the
+untrained rule steps ``step_mult`` times that direction scaled to unit RMS per tensor, and
+meta-training learns corrections. ``random`` keeps PyTorch's random initialisation and ``n = 0``
+(not learned), as ``MLPLOpt``.
 
 The MLP's weights are shared by every coordinate of every tensor. ``exp_mult`` and
 ``step_mult`` default to ``MLPLOpt``'s 0.001; for the few inner steps of few-shot learning a
 larger ``step_mult`` (e.g. 0.01-0.1) lets the rule move the weights before it has learned to
 scale its outputs. The gradient enters with its graph by default (``second_order=True``: the
 driver decides, e.g. first-order MAML detaches it); ``second_order=False`` detaches it here.
+
+The momentum/RMS features (Adam's direction at each decay) follow ``MLPLOpt``'s inputs.
 
 State: the momenta and the RMS accumulator, ``len(decays) + 1`` floats per coordinate (4x the
 model at the defaults).
@@ -30,9 +39,10 @@ import torch
 from torch import Tensor, nn
 
 from .base import Params, UpdateRule
-from .preprocess import check_grads, record_effective_lr, records_to_floats, safe_sqrt
+from .preprocess import check_grads, check_init, record_effective_lr, records_to_floats, safe_sqrt
 
-COORD_FEATURES = 4  # gradient, parameter, RMS, RMS-normalised gradient (plus one per momentum)
+COORD_FEATURES = 4  # gradient, parameter, RMS, RMS-normalised gradient (plus two per momentum)
+NOMINAL_DECAY = 0.9
 
 
 class L2OSlot(NamedTuple):
@@ -56,6 +66,8 @@ class L2ORule(UpdateRule):
         eps: inside ``1 / sqrt(v + eps)``; norm_eps: of the per-tensor normalisation.
         second_order: keep the incoming gradients in the graph (default) or detach them.
         check_finite: raise on NaN/Inf gradients (one device sync per step).
+        init: ``descent`` (untrained rule = normalised Adam direction, step ``step_mult``) or
+            ``random`` (MLPLOpt); ``descent`` needs 0.9 among the decays.
     """
 
     def __init__(
@@ -71,8 +83,10 @@ class L2ORule(UpdateRule):
         norm_eps: float = 1e-5,
         second_order: bool = True,
         check_finite: bool = True,
+        init: str = "descent",
     ) -> None:
         super().__init__()
+        check_init(init, step_mult, "step_mult")
         if hidden_size < 1 or hidden_layers < 0:
             raise ValueError(
                 f"L2ORule needs hidden_size >= 1 and hidden_layers >= 0, got {hidden_size}, {hidden_layers}"
@@ -84,7 +98,9 @@ class L2ORule(UpdateRule):
         self.exp_mult, self.step_mult = float(exp_mult), float(step_mult)
         self.eps, self.norm_eps = float(eps), float(norm_eps)
         self.second_order, self.check_finite = second_order, check_finite
-        self.num_features = COORD_FEATURES + len(self.decays) + len(self.timescales)
+        if init == "descent" and NOMINAL_DECAY not in self.decays:
+            raise ValueError(f"L2ORule init='descent' reads the momentum of decay {NOMINAL_DECAY}; decays are {self.decays}")
+        self.num_features = COORD_FEATURES + 2 * len(self.decays) + len(self.timescales)
         layers: list[nn.Module] = []
         width = self.num_features
         for _ in range(hidden_layers):
@@ -92,6 +108,16 @@ class L2ORule(UpdateRule):
             width = hidden_size
         layers.append(nn.Linear(width, 2))
         self.mlp = nn.Sequential(*layers)
+        self.init_mode = init
+        coordinate_features = COORD_FEATURES + 2 * len(self.decays)
+        if init == "descent":
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+            nominal = torch.zeros(coordinate_features)
+            nominal[COORD_FEATURES + len(self.decays) + self.decays.index(NOMINAL_DECAY)] = 1.0
+            self.nominal = nn.Parameter(nominal)
+        else:
+            self.register_buffer("nominal", torch.zeros(coordinate_features))
         self._effective: dict[str, Tensor] = {}
 
     def init(self, params: Params) -> L2OState:
@@ -113,12 +139,13 @@ class L2ORule(UpdateRule):
             g = (grad if self.second_order else grad.detach()).to(dtype)
             momenta = tuple(b * m + (1 - b) * g for b, m in zip(self.decays, slot.momenta))
             v = self.rms_decay * slot.v + (1 - self.rms_decay) * g * g
-            columns = [g, p.to(dtype), *momenta, safe_sqrt(v), g * torch.rsqrt(v + self.eps)]
+            inv = torch.rsqrt(v + self.eps)
+            columns = [g, p.to(dtype), *momenta, safe_sqrt(v), g * inv, *(m * inv for m in momenta)]
             f = torch.stack([c.reshape(-1) for c in columns], dim=1)
             f = f * torch.rsqrt(self.norm_eps + f.square().mean(0, keepdim=True))
             embedding = self.step_embedding(step, dtype, f.device).expand(f.shape[0], -1)
             out = self.mlp(torch.cat([f, embedding], dim=1))
-            direction, magnitude = out[:, 0], out[:, 1]
+            direction, magnitude = out[:, 0] + f @ self.nominal, out[:, 1]
             delta = (direction * torch.exp(magnitude * self.exp_mult) * self.step_mult).reshape(p.shape).to(p.dtype)
             new[name] = p - delta
             new_state[name] = L2OSlot(momenta, v)

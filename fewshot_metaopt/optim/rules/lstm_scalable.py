@@ -15,8 +15,16 @@ are meta-learned, initialised at 0.9 and 0.999)::
     x_i = (log/sign preprocess(g_i) [2],  m^_i r_i,  g_i r_i)        4 features per coordinate
     s   = (mean_i x_i, std_i x_i, log(numel) / 10)                  9 summary features per tensor
     h   = LSTM(s, h)                                                 per tensor; all tensors batched
-    y_i = w2 . tanh(W1 x_i + b1 + U h) + b2                          coordinatewise MLP, context bias
+    y_i = w2 . tanh(W1 x_i + b1 + U h) + b2 + n . x_i                coordinatewise MLP, context bias
     theta_i' = theta_i + output_scale * exp(a . h + a0) * y_i        context log-scale per tensor
+
+Initialisation (``init``). ``descent`` (default) starts the MLP's readout ``(w2, b2)`` and the
+context's scale weights ``a`` at zero, the nominal ``n`` at ``(0, 0, -1, 0)`` (it reads
+``m^ r``) and ``a0`` at ``log(init_lr / output_scale)``: the untrained rule is Adam with lr
+``init_lr`` (with Adafactor's factored second moment for matrices), and meta-training learns
+per-tensor step scales, the decays and a coordinatewise correction. ``random`` keeps PyTorch's
+random initialisation and ``n = 0`` (not learned): the untrained rule then takes steps of about
+``output_scale`` in directions unrelated to descent.
 
 The tensor's LSTM state conditions every coordinate's step (a per-tensor bias inside the MLP
 and a per-tensor step scale), so the rule can still learn schedules and per-layer behaviour.
@@ -46,7 +54,7 @@ from torch import Tensor, nn
 
 from .base import Params, UpdateRule
 from .lstm_faithful import LSTMRule, lstm_cell
-from .preprocess import check_grads, log_sign_preprocess, record_effective_lr, records_to_floats
+from .preprocess import check_grads, check_init, log_sign_preprocess, record_effective_lr, records_to_floats
 
 COORD_FEATURES = 4
 TENSOR_FEATURES = 2 * COORD_FEATURES + 1
@@ -81,6 +89,8 @@ class ScalableLSTMRule(UpdateRule):
             meta-parameters (through a logit).
         preprocess_p: ``p`` of the log/sign gradient preprocessing.
         output_scale: factor on the step (as the faithful variant's 0.1).
+        init: ``descent`` (untrained rule = Adam at ``init_lr``) or ``random``.
+        init_lr: the lr of the untrained rule under ``init="descent"``.
         eps: added to the bias-corrected second moment; eps1: added to ``g^2`` (Adafactor).
         second_order: keep the incoming gradients in the graph (default: detach them).
         check_finite: raise on NaN/Inf gradients (one device sync per step).
@@ -101,8 +111,11 @@ class ScalableLSTMRule(UpdateRule):
         eps1: float = 1e-30,
         second_order: bool = False,
         check_finite: bool = True,
+        init: str = "descent",
+        init_lr: float = 1e-3,
     ) -> None:
         super().__init__()
+        check_init(init, init_lr)
         if hidden_size < 1 or num_layers < 1 or mlp_hidden < 1:
             raise ValueError(
                 f"ScalableLSTMRule needs positive sizes, got hidden_size={hidden_size}, "
@@ -126,6 +139,14 @@ class ScalableLSTMRule(UpdateRule):
         self.context_scale = nn.Linear(hidden_size, 1)
         self.coord_in = nn.Linear(COORD_FEATURES, mlp_hidden)
         self.coord_out = nn.Linear(mlp_hidden, 1)
+        self.init_mode = init
+        if init == "descent":
+            for weight in (self.coord_out.weight, self.coord_out.bias, self.context_scale.weight):
+                nn.init.zeros_(weight)
+            nn.init.constant_(self.context_scale.bias, math.log(init_lr / output_scale))
+            self.nominal = nn.Parameter(torch.tensor([0.0, 0.0, -1.0, 0.0]))
+        else:
+            self.register_buffer("nominal", torch.zeros(COORD_FEATURES))
         self._effective: dict[str, Tensor] = {}
 
     def _zeros(self, *shape: int, device: Any) -> Tensor:
@@ -200,7 +221,8 @@ class ScalableLSTMRule(UpdateRule):
         for i, name in enumerate(names):
             p = params[name]
             hidden = torch.tanh(self.coord_in(features[i]) + biases[i])
-            delta = (scales[i] * self.coord_out(hidden).squeeze(-1)).reshape(p.shape).to(p.dtype)
+            y = self.coord_out(hidden).squeeze(-1) + features[i] @ self.nominal
+            delta = (scales[i] * y).reshape(p.shape).to(p.dtype)
             new[name] = p + delta
             t, m, v = accumulators[i]
             new_state[name] = ScalableSlot(t, m, v, [context[layer][i] for layer in range(self.num_layers)])

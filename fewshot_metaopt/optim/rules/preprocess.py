@@ -6,6 +6,9 @@
   (all tensors reduced together); it is skipped for ``meta`` tensors (no values) and under
   ``torch.func.vmap`` (no data-dependent control flow there), and rules switch it off with
   ``check_finite=False``.
+* :func:`check_init` — the learned rules' ``init`` choice: ``descent`` (the untrained rule is a
+  hand-designed descent method and meta-training learns corrections) or ``random`` (the papers'
+  random initialisation).
 * :func:`log_sign_preprocess` — Andrychowicz et al. (2016, appendix A) gradient preprocessing.
 * :func:`safe_sqrt` — a square root whose derivative at 0 is 0 instead of ``inf`` (``inf * 0``
   would turn the meta-gradient of a coordinate that never saw a gradient into NaN).
@@ -49,6 +52,16 @@ def check_grads(params: Params, grads: Params, check_finite: bool = True) -> Non
     if not bool(finite.all()):
         bad = next(n for (n, _), ok in zip(checked, finite.tolist()) if not ok)
         raise ValueError(f"gradient of {bad!r} has non-finite values (NaN or Inf)")
+
+
+RULE_INITS = ("descent", "random")
+
+
+def check_init(init: str, lr: float, lr_name: str = "init_lr") -> None:
+    if init not in RULE_INITS:
+        raise ValueError(f"unknown rule init {init!r}; choose one of {', '.join(RULE_INITS)}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"{lr_name} must be positive and finite, got {lr}")
 
 
 def log_sign_preprocess(g: Tensor, p: float = 10.0) -> Tensor:
