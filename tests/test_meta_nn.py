@@ -279,6 +279,8 @@ def test_non_finite_loss_and_gradient_are_errors_naming_them():
         opt.step(nan_loss)
     with pytest.raises(ValueError, match="one-element tensor, got float"):
         opt.step(lambda: 1.0)
+    with pytest.raises(ValueError, match=r"one-element tensor, got a tensor of shape \(2,\)"):
+        opt.step(lambda: torch.ones(2))
 
     def nan_gradient():
         loss = closure_for(opt, model, x, y)()

@@ -65,10 +65,6 @@ class NamedOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------- parameters
 
-    @property
-    def names(self) -> list[str]:
-        return list(self.param_groups[0]["param_names"])
-
     def named_params(self) -> Params:
         group = self.param_groups[0]
         return dict(zip(group["param_names"], group["params"]))
