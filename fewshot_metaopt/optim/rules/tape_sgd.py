@@ -12,7 +12,7 @@ At step ``t`` with loss ``L`` and gradients ``g`` (all tensors together)::
 
 Bounded by construction, so an untrained or badly trained tape cannot take an unbounded step.
 ``W`` starts at zero and ``b`` where the coefficients equal the base ``lr`` and ``momentum``
-(and ``wd_t`` is within 1e-6 of ``weight_decay``), so the untrained rule is SGD with the base
+(and ``wd_t`` is 1.2e-8 above ``weight_decay``), so the untrained rule is SGD with the base
 hyperparameters and meta-training starts from that baseline; the seed used torch's random
 initialisation, which starts at a random learning rate anywhere in the range.
 
