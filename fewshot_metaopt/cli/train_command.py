@@ -49,12 +49,16 @@ def describe(task: TaskConfig, trainer: Trainer, run: RunDir, echo: Callable[[st
     t, learner = task.train, trainer.learner
     budget = " and ".join(filter(None, [t.iterations and f"{t.iterations} iterations",
                                         t.minutes and f"{t.minutes:g} minutes"]))
-    sizes = ", ".join(f"{role} {getattr(s, 'num_classes', 'family')}" for role, s in trainer.sources.items())
+    e = task.episodes
+    if task.regression:
+        data = f"a regression family; {e.shots}-shot, {e.queries} query points per training task"
+    else:
+        sizes = ", ".join(f"{role} {s.num_classes}" for role, s in trainer.sources.items())
+        data = f"{sizes} classes; {task.ways}-way {e.shots}-shot, {e.queries} queries per class"
     parameters = sum(p.numel() for p in learner.model.parameters())
     echo(f"run directory: {run.path}")
     echo(f"task {task.name}: {task.description}" if task.description else f"task {task.name}")
-    echo(f"data: {task.data.dataset} ({sizes}{' classes' if not task.regression else ''}); "
-         f"{task.ways}-way {task.episodes.shots}-shot, {task.episodes.queries} queries per class")
+    echo(f"data: {task.data.dataset} ({data})")
     echo(f"model: {task.model.name}, {parameters:,} parameters; algorithm {task.learner.algorithm}, "
          f"inner optimizer {task.inner_optimizer.method}")
     echo(f"budget: {budget} x {t.meta_batch} episodes; validation every {task.validation.every} iterations "

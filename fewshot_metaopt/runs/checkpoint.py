@@ -28,10 +28,19 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
 
 
-def _refusal(err: pickle.UnpicklingError) -> str:
-    """The line of torch's weights-only message that names the object it refused."""
-    lines = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "global" in line]
-    return lines[0] if lines else str(err).splitlines()[0]
+def _refused_global(err: pickle.UnpicklingError) -> str | None:
+    """The line of torch's weights-only message naming the object it refused to build, if any
+    (the same exception type reports plain garbage, which names none)."""
+    lines = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+    return lines[0] if lines else None
+
+
+def _reason(err: BaseException) -> str:
+    """The informative line of a loader's (often long, multi-line) message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Weights only load failed", "Please file", "Check the"))]
+    first_sentence = (useful or lines or [""])[0].split(". ")[0][:160]
+    return f"{type(err).__name__}: {first_sentence}" if first_sentence else type(err).__name__
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -40,16 +49,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise RunError(f"checkpoint {path} does not exist" if not path.exists() else f"checkpoint {path} is not a file")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if str(err).startswith("Weights only load failed"):
+    except Exception as err:  # torch reports truncation and garbage as several types
+        refused = _refused_global(err) if isinstance(err, pickle.UnpicklingError) else None
+        if refused is not None:
             raise RunError(
                 f"{path} holds objects other than tensors and plain values; it is not loaded, since "
-                f"loading could run code ({_refusal(err)})"
+                f"loading could run code ({refused})"
             ) from None
-        raise RunError(f"{path} is corrupt: {str(err).splitlines()[0]}") from None
-    except Exception as err:  # torch reports truncation and garbage as several types
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RunError(f"{path} is truncated or corrupt and cannot be read ({reason[:160]})") from None
+        raise RunError(f"{path} is truncated or corrupt and cannot be read ({_reason(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RunError(f"{path} is not a fewshot-metaopt checkpoint")
     if payload.get("version") != VERSION:

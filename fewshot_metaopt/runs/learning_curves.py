@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from matplotlib.figure import Figure
 
 from .atomic import atomic_writer
 from .errors import RunError
@@ -22,6 +21,8 @@ def _series(records: Sequence[dict[str, Any]], key: str, x: str) -> tuple[list[f
 
 
 def plot_learning_curves(records: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    from matplotlib.figure import Figure  # imported here: it costs every command a second at startup
+
     if not records:
         raise RunError(f"no metrics to plot for {title}: the run has logged no iteration yet")
     rows = [{**r, "minutes": r["wall_s"] / 60} for r in records]

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..learners import GradientMetaLearner
@@ -66,6 +65,8 @@ def format_table(rows: Iterable[dict[str, Any]]) -> str:
 
 def plot_lrs(tensors: dict[str, Tensor], path: Path, title: str) -> Path:
     """One violin per tensor (a dot where the tensor holds a single value)."""
+    from matplotlib.figure import Figure  # imported here: it costs every command a second at startup
+
     names = list(tensors)
     values = {name: tensors[name].detach().double().flatten() for name in names}
     # A violin needs spread: constant tensors (a fixed lr, a bias left at its start) are dots.

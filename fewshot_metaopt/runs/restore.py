@@ -33,6 +33,8 @@ def restore(target: str | Path, device: str = "cpu", data_root: str | None = Non
     try:
         learner.load_state_dict(state["learner"])
     except (RuntimeError, KeyError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RunError(f"{path}: its weights do not fit the model its task describes ({reason})") from None
+        # torch lists every mismatch on a line of its own; the first one names the culprit.
+        lines = [line.strip().rstrip(".") for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if not line.endswith(":")), type(err).__name__)
+        raise RunError(f"{path}: its weights do not fit the model its task describes ({reason[:200]})") from None
     return Restored(task, learner, path, int(state["iteration"]), run)

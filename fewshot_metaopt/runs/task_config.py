@@ -49,6 +49,11 @@ SECTION_ORDER = (
 ALL_SECTIONS: dict[str, type] = {**SECTIONS, "learner": GradientMetaLearnerConfig}
 PATH_KEYS = ("data.root", "data.splits_dir", "data.cache_dir")
 REGRESSION = ("sinusoid",)
+# Methods the library has (or reserves) that no task file can set up yet, and why.
+UNSUPPORTED_RULES = {
+    "warp_grad": "inner_optimizer.method 'warp_grad' needs a model with warp layers interleaved with the "
+                 "adapted ones, which task files cannot describe yet; use sgd, meta_sgd, lstm or l2o",
+}
 
 
 @dataclass
@@ -106,11 +111,20 @@ class Origins:
         self.default = default
         self.keys: dict[str, str] = {}
 
+    def record(self, values: Mapping[str, Any], source: str) -> None:
+        """Note ``source`` as the origin of every key in a task file's nested dict."""
+        for key, value in values.items():
+            if key in ALL_SECTIONS and isinstance(value, dict):
+                self.keys.update({f"{key}.{name}": source for name in value})
+            else:
+                self.keys[key] = source
+
     def of(self, key: str) -> str:
         """The source of ``key``; for a section, of every key set in it (overrides first)."""
         if key in self.keys:
             return self.keys[key]
         inside = [source for k, source in self.keys.items() if k.startswith(key + ".")]
+        # Overrides first: when a section's keys clash, the one just typed is the likelier culprit.
         sources = list(dict.fromkeys(sorted(inside, key=lambda s: s == self.default)))
         return " and ".join(sources) if sources else self.default
 
@@ -229,6 +243,8 @@ def _cross_checks(task: TaskConfig, origins: Origins) -> None:
                            f"{task.data.dataset!r} ({kind}); use {wanted!r}")
     if task.regression and task.ways != 1:
         fail("episodes.ways", f"episodes.ways must be 1 for the regression family {task.data.dataset!r}, got {task.ways}")
+    if task.inner_optimizer.method in UNSUPPORTED_RULES:
+        fail("inner_optimizer.method", UNSUPPORTED_RULES[task.inner_optimizer.method])
     try:
         task.meta_optimizer_config()
     except ValueError as err:
@@ -270,6 +286,7 @@ def load_task(
         values, source, base = read_task_file(path), str(path), Path(path).resolve().parent
         values.setdefault("name", Path(path).stem)
     origins = Origins(source)
+    origins.record(values, source)
     _resolve_paths(values, PATH_KEYS, base)
     changes: list[tuple[str, Any, str]] = [(key, value, f"--set {text}") for text in overrides
                                            for key, value in [parse_override(text)]]

@@ -24,7 +24,7 @@ from . import rng_state
 from .atomic import remove_leftovers
 from .checkpoint import load_checkpoint, save_checkpoint
 from .components import build_learner, build_scheduler, manifest, train_sampler
-from .data_sources import image_shape, open_split, sha256_of, split_files
+from .data_sources import open_split, sha256_of, split_files
 from .errors import RunError
 from .learning_curves import plot_learning_curves
 from .metrics_log import MetricsLog, read_metrics
@@ -94,11 +94,6 @@ class Trainer:
     def __init__(self, task: TaskConfig, device: str = "cpu", echo: Callable[[str], None] = tqdm.write) -> None:
         self.task, self.device, self.echo = task, device, echo
         self.sources = {role: open_split(task.data, role) for role in ROLES}
-        for role, source in self.sources.items():
-            shape = getattr(source, "image_shape", None)
-            if shape is not None and tuple(shape) != image_shape(task.data):
-                raise RunError(f"data.{role}_split images are {tuple(shape)}, the model expects {image_shape(task.data)}; "
-                               f"set data.image_size to {shape[-1]}")
         self.sampler = train_sampler(task, self.sources["train"])
         self.val = manifest(task, self.sources["val"], "val", task.validation.episodes)
         self.test = manifest(task, self.sources["test"], "test", task.evaluation.episodes)

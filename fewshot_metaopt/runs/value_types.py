@@ -19,11 +19,8 @@ class WrongType(ValueError):
 
 def describe(hint: Any) -> str:
     """``int``, ``a list of int``, ... as a reader of a task file would say it."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if _is_optional(hint):
-        return describe(args[0])
     if typing.get_origin(hint) in (list, tuple):
-        return f"a list of {describe(args[0])}"
+        return f"a list of {describe(typing.get_args(hint)[0])}"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
