@@ -95,7 +95,7 @@ def test_bad_gradients_are_named():
     "kwargs, message",
     [
         ({"method": "adam"}, "unknown method 'adam'; choose one of meta_sgd, lstm, l2o, warp_grad"),
-        ({"method": "warp_grad"}, "'warp_grad' is not available in this version"),
+        ({"method": "warp_grad", "warp_buffer_size": 0}, "warp_buffer_size must be >= 1, got 0"),
         ({"lstm_variant": "huge"}, "unknown lstm_variant 'huge'"),
         ({"meta_loss": "val"}, "unknown meta_loss 'val'"),
         ({"rule_init": "zeros"}, "unknown rule_init 'zeros'; choose one of descent, random"),

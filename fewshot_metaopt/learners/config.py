@@ -8,7 +8,8 @@ from ..config_keys import from_mapping
 from ..losses import LOSSES
 from ..optim.learned_lr import GRANULARITIES
 
-ALGORITHMS = ("maml", "fomaml", "meta_sgd", "anil")
+ALGORITHMS = ("maml", "fomaml", "meta_sgd", "anil", "warp_maml", "warp_leap")
+WARP_ALGORITHMS = ("warp_maml", "warp_leap")
 META_OPTIMIZERS = ("adam", "sgd")
 BATCH_NORM_MODES = ("transductive",)
 
@@ -23,7 +24,11 @@ class GradientMetaLearnerConfig:
     """What a :class:`GradientMetaLearner` does.
 
     algorithm: ``maml``, ``fomaml`` (MAML with first-order meta-gradients), ``meta_sgd``
-        (per-parameter learned inner lrs, Li et al. 2017) or ``anil`` (only the head adapts).
+        (per-parameter learned inner lrs, Li et al. 2017), ``anil`` (only the head adapts),
+        ``warp_maml`` or ``warp_leap`` (Warp-Grad, Flennerhag et al. 2020, on a
+        :class:`fewshot_metaopt.warp.WarpedModel`: the warp layers learn from the Warp-Grad
+        objective, the adapted layers' initialisation from MAML's meta-gradient or from the
+        simplified Leap gradient, whose cost does not grow with the inner steps).
     inner_lr: inner learning rate (the initial value when it is learned).
     inner_steps / inner_steps_eval: inner steps when meta-training / evaluating
         (``None``: same as training).
@@ -42,6 +47,8 @@ class GradientMetaLearnerConfig:
     skip_nonfinite_tasks: drop a task whose loss turns NaN/Inf and count it, instead of
         raising.
     loss: ``auto`` (cross-entropy for integer labels, MSE for float targets), or fixed.
+    warp_points, warp_buffer_size: Warp-Grad: trajectory points per warp update, and points
+        the replay buffer keeps.
     """
 
     algorithm: str = "maml"
@@ -59,6 +66,8 @@ class GradientMetaLearnerConfig:
     allow_unused: bool = False
     skip_nonfinite_tasks: bool = False
     loss: str = "auto"
+    warp_points: int = 16
+    warp_buffer_size: int = 1000
 
     def __post_init__(self) -> None:
         def choose(name: str, value, options) -> None:
@@ -81,6 +90,12 @@ class GradientMetaLearnerConfig:
                 raise ValueError(f"{name} must be finite, got {value}")
         if self.meta_grad_clip is not None and self.meta_grad_clip <= 0:
             raise ValueError(f"meta_grad_clip must be positive or None, got {self.meta_grad_clip}")
+        for name in ("warp_points", "warp_buffer_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.algorithm == "warp_leap" and (self.granularity != "none" or self.multi_step_loss):
+            raise ValueError("warp_leap does not differentiate the inner loop: learned inner lrs and "
+                             "multi_step_loss need warp_maml")
         if self.multi_step_anneal_iters < 0:
             raise ValueError(f"multi_step_anneal_iters must be >= 0, got {self.multi_step_anneal_iters}")
         if self.algorithm == "fomaml" and self.first_order is False:

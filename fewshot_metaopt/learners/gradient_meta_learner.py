@@ -29,7 +29,9 @@ from ..losses import task_loss
 from ..optim.learned_lr import learned_lr_of
 from ..optim.rules.base import UpdateRule
 from ..optim.rules.sgd import SGDRule
-from .config import GradientMetaLearnerConfig
+from ..warp.warp_grad import WarpGradTrainer, require_warped
+from .config import WARP_ALGORITHMS, GradientMetaLearnerConfig
+from .warp_maml import accumulate_warp_meta_gradient
 from .results import EvaluationResult, MetaTrainResult
 
 
@@ -76,12 +78,21 @@ class GradientMetaLearner:
         params = dict(model.named_parameters())
         if not params:
             raise ValueError("the model has no parameters to meta-learn")
+        warped = config.algorithm in WARP_ALGORITHMS
+        if warped:
+            model = require_warped(model, f"algorithm {config.algorithm!r}")
         if adapted_parameters is None:
-            adapted_parameters = head_parameter_names(model) if config.algorithm == "anil" else list(params)
+            if warped:
+                adapted_parameters = model.adapted_parameter_names()
+            else:
+                adapted_parameters = head_parameter_names(model) if config.algorithm == "anil" else list(params)
         unknown = [n for n in adapted_parameters if n not in params]
         if unknown or not adapted_parameters:
             raise ValueError(f"adapted_parameters names no parameter of the model: {unknown or '[]'}")
         self.adapted = list(adapted_parameters)
+        if warped and set(self.adapted) & set(model.warp_parameter_names()):
+            raise ValueError("warp parameters cannot be adapted in the inner loop: "
+                             f"{sorted(set(self.adapted) & set(model.warp_parameter_names()))}")
         reference = next(iter(params.values()))
         self.device = reference.device
         if inner_optimizer is None:
@@ -101,6 +112,9 @@ class GradientMetaLearner:
         else:
             self.meta_optimizer = torch.optim.SGD(meta_params, lr=config.meta_lr)
         self.iteration = 0
+        self.warp = None
+        if warped:
+            self.warp = WarpGradTrainer(model, self.rule, config.warp_buffer_size, config.warp_points, config.loss)
 
     # ----------------------------------------------------------------------------- inner loop
 
@@ -137,9 +151,10 @@ class GradientMetaLearner:
 
         return callback
 
-    def _inner_loop(self, episode: Episode, steps: int, mode: str, task: int, per_step_query: bool):
+    def _inner_loop(self, episode: Episode, steps: int, mode: str, task: int, per_step_query: bool, record=None):
         """Adapt on the support set; returns the functional model and the query losses
-        (after every step when ``per_step_query``, else after the last) with final outputs."""
+        (after every step when ``per_step_query``, else after the last) with final outputs.
+        ``record(params, rule_state, step)`` sees the weights each step starts from."""
         track = mode != "eval"
         fmodel, diffopt = functional_inner_loop(self.model, self.inner_optimizer, track_higher_grads=track)
         callback = self._grad_callback(first_order=mode == "first_order")
@@ -148,6 +163,8 @@ class GradientMetaLearner:
         for step in range(steps):
             out = self._forward(fmodel, episode.support_x, task, "support")
             loss = self._checked(self._loss(out, episode.support_y, task, "support"), task, "support", step)
+            if record is not None:
+                record(dict(zip(self._all_names, fmodel.fast_params)), diffopt.rule_state, step)
             diffopt.step(loss, grad_callback=callback)
             if per_step_query and step < steps - 1:
                 output = self._forward(fmodel, episode.query_x, task, "query")
@@ -190,6 +207,8 @@ class GradientMetaLearner:
         episodes = list(episodes)
         if not episodes:
             raise ValueError("a meta-batch needs at least one episode, got none")
+        if self.warp is not None:
+            return accumulate_warp_meta_gradient(self, episodes)
         cfg = self.config
         mode = "first_order" if cfg.uses_first_order else "second_order"
         steps = cfg.inner_steps

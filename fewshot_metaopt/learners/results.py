@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 @dataclass
 class MetaTrainResult:
     """One outer update: mean query loss and accuracy over the tasks kept, the meta-gradient's
-    global norm before clipping, and how many tasks were skipped for non-finite losses."""
+    global norm before clipping, how many tasks were skipped for non-finite losses, and for
+    the Warp-Grad algorithms the warp objective's value."""
 
     loss: float
     accuracy: float | None
     grad_norm: float
     tasks: int
     skipped_tasks: int = 0
+    warp_loss: float | None = None
 
 
 @dataclass

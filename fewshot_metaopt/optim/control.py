@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .control_replay import LossFn, ReplayRecord, counterfactual_loss
-from .meta_optimizer import _detached
+from .tree import detached_tree as _detached
 from .named_optimizer import NamedOptimizer
 from .rules.control import ControlRule
 from .rules.hyperparameters import optional_positive, real

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .meta_optimizer import _detached
+from .tree import detached_tree as _detached
 from .named_optimizer import NamedOptimizer
 from .rules.adam import AdamRule
 from .rules.base import UpdateRule

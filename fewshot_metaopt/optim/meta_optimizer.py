@@ -38,8 +38,13 @@ from .rules.l2o import L2ORule
 from .rules.lstm_scalable import LSTM_VARIANTS, lstm_rule
 from .rules.preprocess import RULE_INITS
 from .rules.sgd import SGDRule
+from .tree import detached_tree
+from ..warp.effective_lr import warp_effective_lr
+from ..warp.objective import leap_init_gradient
+from ..warp.warp_grad import WarpGradRule, WarpGradTrainer, require_warped
 
 METHODS = ("meta_sgd", "lstm", "l2o", "warp_grad")
+WARP_INIT_OBJECTIVES = ("none", "leap")
 META_LOSSES = ("query", "support")
 
 
@@ -47,7 +52,9 @@ META_LOSSES = ("query", "support")
 class MetaOptimizerConfig:
     """The spec's fields (first eight, same names and defaults) and ours.
 
-    method: ``meta_sgd``, ``lstm`` or ``l2o`` (``warp_grad`` is reserved for Warp-Grad).
+    method: ``meta_sgd``, ``lstm``, ``l2o`` or ``warp_grad`` (Flennerhag et al. 2020; the base
+        model must be a :class:`fewshot_metaopt.warp.WarpedModel`: its warp layers are the
+        meta-parameters and the inner loop is SGD at ``inner_lr`` on the adapted layers).
     hidden_size, num_layers: the LSTM's (``lstm``) or the MLP's hidden width (``l2o``).
     preconditioning: ``meta_sgd`` learns a per-parameter lr tensor (a learned diagonal
         preconditioner); ``False`` learns one scalar lr instead. The other methods always
@@ -72,6 +79,12 @@ class MetaOptimizerConfig:
     output_scale: the LSTM's output scale (paper: 0.1).
     meta_loss: ``query`` (few-shot generalisation) or ``support`` (the paper's optimisee loss).
     loss: the task loss (``auto``: cross-entropy for integer labels, MSE otherwise).
+    warp_buffer_size: ``warp_grad``: trajectory points the replay buffer keeps.
+    warp_points: ``warp_grad``: points sampled per warp update (its cost, whatever
+        ``inner_steps``); the objective steps on a point's support set and evaluates on
+        ``meta_loss``'s set.
+    warp_init: ``warp_grad``: ``none`` (warps only) or ``leap`` (Warp-Leap: the adapted
+        layers' initialisation also moves, by the simplified Leap gradient, Adam at meta_lr).
     """
 
     method: str = "meta_sgd"
@@ -90,6 +103,9 @@ class MetaOptimizerConfig:
     meta_loss: str = "query"
     loss: str = "auto"
     rule_init: str = "descent"
+    warp_buffer_size: int = 1000
+    warp_points: int = 16
+    warp_init: str = "none"
 
     def __post_init__(self) -> None:
         for name, value, options in (
@@ -98,16 +114,15 @@ class MetaOptimizerConfig:
             ("meta_loss", self.meta_loss, META_LOSSES),
             ("loss", self.loss, LOSSES),
             ("rule_init", self.rule_init, RULE_INITS),
+            ("warp_init", self.warp_init, WARP_INIT_OBJECTIVES),
         ):
             if value not in options:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
-        if self.method == "warp_grad":
-            raise ValueError("method 'warp_grad' is not available in this version; use meta_sgd, lstm or l2o")
         if not self.coordinatewise:
             raise ValueError("coordinatewise=False: every learned optimizer here is coordinatewise")
         if not self.preconditioning and self.method != "meta_sgd":
             raise ValueError(f"preconditioning=False applies to meta_sgd only, not {self.method!r}")
-        for name in ("hidden_size", "num_layers", "unroll_steps", "inner_steps"):
+        for name in ("hidden_size", "num_layers", "unroll_steps", "inner_steps", "warp_buffer_size", "warp_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.gradient_clipping < 0:
@@ -148,7 +163,12 @@ class MetaOptTrainResult:
     inner_steps: int
 
 
-def build_rule(config: MetaOptimizerConfig, shapes: Dict[str, torch.Size], dtype: torch.dtype) -> UpdateRule:
+def build_rule(config: MetaOptimizerConfig, model: nn.Module, dtype: torch.dtype) -> UpdateRule:
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    if config.method == "warp_grad":
+        model = require_warped(model, "method 'warp_grad'")
+        adapted = {n: shapes[n] for n in model.adapted_parameter_names()}
+        return WarpGradRule(model, SGDRule.for_params(adapted, lr=config.inner_lr, dtype=dtype))
     if config.method == "meta_sgd":
         granularity = "per_parameter" if config.preconditioning else "scalar"
         return SGDRule.for_params(shapes, lr=config.inner_lr, granularity=granularity, dtype=dtype)
@@ -172,11 +192,19 @@ class MetaOptimizer(UpdateRule):
         if not params:
             raise ValueError("the base model has no parameters to optimise")
         self.shapes = {name: p.shape for name, p in params.items()}
-        self.rule = build_rule(config, self.shapes, next(iter(params.values())).dtype)
+        self.rule = build_rule(config, base_model, next(iter(params.values())).dtype)
         # Held outside the module tree: the base model's weights are not the optimizer's.
         self.__dict__["base_model"] = base_model
         self.meta_optimizer = torch.optim.Adam(self.rule.parameters(), lr=config.meta_lr)
         self.state: OptimizerState | None = None
+        self.warp: WarpGradTrainer | None = None
+        if config.method == "warp_grad":
+            eval_batch = "query" if config.meta_loss == "query" else "support"
+            self.warp = WarpGradTrainer(base_model, self.rule, config.warp_buffer_size, config.warp_points,
+                                        config.loss, "support", eval_batch)
+            adapted = [params[n] for n in base_model.adapted_parameter_names()]
+            self.init_optimizer = torch.optim.Adam(adapted, lr=config.meta_lr)
+            self._warp_lr: Dict[str, float] = {}
 
     # --------------------------------------------------------------------- the rule contract
 
@@ -232,7 +260,12 @@ class MetaOptimizer(UpdateRule):
 
     def get_learned_lr(self) -> Dict[str, float]:
         """Meta-SGD: the mean learned lr per tensor. Learned rules: the effective lr of their
-        last update, ``mean|delta| / mean|grad|`` per tensor (empty before any update)."""
+        last update, ``mean|delta| / mean|grad|`` per tensor (empty before any update).
+        Warp-Grad: per adapted tensor, ``inner_lr * mean|warped grad| / mean|unwarped grad|``
+        on the support set of the first episode of the last ``meta_train_step`` (the SGD lr
+        that would move the tensor as far in the model without warps; ``inner_lr`` before)."""
+        if self.warp is not None:
+            return dict(self._warp_lr) or {n: self.config.inner_lr for n in self.warp.adapted}
         return learned_lr_of(self.rule)
 
     def meta_train_step(self, episodes: Iterable[Episode], base_model: nn.Module | None = None) -> MetaOptTrainResult:
@@ -244,6 +277,11 @@ class MetaOptimizer(UpdateRule):
         cfg = self.config
         device = next(model.parameters()).device
         episodes = [ep.to(device) for ep in episodes]
+        if self.warp is not None:
+            if model is not self.base_model:
+                raise ValueError("method 'warp_grad' trains the warp layers of the base model it was built with; "
+                                 "pass that model or none")
+            return self._warp_train_step(episodes)
         start = {n: p.detach() for n, p in model.named_parameters()}
         runs = [(dict(start), self.rule.init(start)) for _ in episodes]
         window_losses, grad_norm, windows, done = [], math.nan, 0, 0
@@ -255,7 +293,7 @@ class MetaOptimizer(UpdateRule):
                 params, state, loss = self._unroll(model, episode, params, state, done, length, task)
                 (loss / len(episodes)).backward()
                 total += loss.item()
-                runs[task] = (_detached(params), _detached(state))
+                runs[task] = (detached_tree(params), detached_tree(state))
             clip = cfg.gradient_clipping if cfg.gradient_clipping > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.rule.parameters()), clip))
             if not math.isfinite(grad_norm):
@@ -276,6 +314,32 @@ class MetaOptimizer(UpdateRule):
         return MetaOptTrainResult(
             meta_loss=sum(window_losses) / len(window_losses), final_loss=final,
             grad_norm=grad_norm, windows=windows, inner_steps=cfg.inner_steps,
+        )
+
+    def _warp_train_step(self, episodes: list) -> MetaOptTrainResult:
+        """Warp-Grad: trajectories into the buffer, one warp update from sampled points, and
+        under ``warp_init="leap"`` one Leap update of the adapted layers' initialisation."""
+        cfg, warp = self.config, self.warp
+        runs = [warp.run_task(ep, cfg.inner_steps, task) for task, ep in enumerate(episodes)]
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        meta_loss = warp.accumulate_warp_gradient(list(self.rule.parameters()))
+        clip = cfg.gradient_clipping if cfg.gradient_clipping > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.rule.parameters()), clip))
+        if not math.isfinite(grad_norm):
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"warp meta-gradient norm is {grad_norm}; nothing was updated (lower meta_lr)")
+        self.meta_optimizer.step()
+        if cfg.warp_init == "leap":
+            leap = leap_init_gradient([run.trajectory for run in runs])
+            params = dict(self.base_model.named_parameters())
+            for name, grad in leap.items():
+                params[name].grad = grad.to(params[name].dtype)
+            self.init_optimizer.step()
+            self.init_optimizer.zero_grad(set_to_none=True)
+        self._warp_lr = warp_effective_lr(self.base_model, episodes[0], cfg.inner_lr, cfg.loss)
+        return MetaOptTrainResult(
+            meta_loss=meta_loss, final_loss=sum(r.query_loss for r in runs) / len(runs),
+            grad_norm=grad_norm, windows=1, inner_steps=cfg.inner_steps,
         )
 
     def _meta_batch(self, episode: Episode) -> tuple[Tensor, Tensor]:
@@ -304,17 +368,3 @@ class MetaOptimizer(UpdateRule):
             meta = task_loss(functional_call(model, params, (meta_x,)), meta_y, cfg.loss, f"task {task}: {cfg.meta_loss}")
             window_loss = window_loss + meta
         return params, state, window_loss
-
-
-def _detached(tree: Any) -> Any:
-    """The same nested structure with every tensor detached (the end of a BPTT window)."""
-    if isinstance(tree, Tensor):
-        return tree.detach()
-    if isinstance(tree, dict):
-        return {k: _detached(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        items = [_detached(v) for v in tree]
-        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
-    if hasattr(tree, "__dataclass_fields__"):
-        return type(tree)(**{f: _detached(getattr(tree, f)) for f in tree.__dataclass_fields__})
-    return tree

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .meta_optimizer import _detached
+from .tree import detached_tree as _detached
 from .named_optimizer import NamedOptimizer
 from .rules.loss_feature import with_loss
 from .rules.tape_sgd import TapeSGDRule

@@ -1,0 +1,60 @@
+"""A bounded replay buffer of points on inner-loop trajectories, for the Warp-Grad objective.
+
+Each point is what one inner step started from: the task-adapted weights (detached), the
+inner rule's state, the step index and the episode. Warp-Grad's meta-objective samples points
+from here instead of differentiating through whole trajectories, which is why its cost does
+not grow with the number of inner steps. The buffer keeps the ``size`` most recent points
+(oldest dropped first), so its memory is at most ``size`` copies of the adapted weights (plus
+their rule states); episodes are held by reference, not copied.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Dict, List
+
+import torch
+from torch import Tensor
+
+from ..episodes.episode import Episode
+from ..optim.rules.preprocess import state_bytes
+
+
+@dataclass(frozen=True)
+class TrajectoryPoint:
+    params: Dict[str, Tensor]
+    rule_state: Any
+    step: int
+    episode: Episode
+
+
+class ReplayBuffer:
+    """The ``size`` most recent trajectory points; uniform sampling from its own generator."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        if size < 1:
+            raise ValueError(f"the replay buffer needs size >= 1, got {size}")
+        self.size = size
+        self._points: deque[TrajectoryPoint] = deque(maxlen=size)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def add(self, point: TrajectoryPoint) -> None:
+        self._points.append(point)
+
+    def clear(self) -> None:
+        self._points.clear()
+
+    def sample(self, count: int) -> List[TrajectoryPoint]:
+        """``count`` distinct points (all of them if fewer are held)."""
+        if not self._points:
+            raise ValueError("the replay buffer is empty: run inner loops (meta_train_step) before a warp update")
+        order = torch.randperm(len(self._points), generator=self.generator)[:count].tolist()
+        return [self._points[i] for i in order]
+
+    def nbytes(self) -> int:
+        """Bytes of the stored weights and rule states (episodes are shared, not counted)."""
+        return state_bytes([(p.params, p.rule_state) for p in self._points])

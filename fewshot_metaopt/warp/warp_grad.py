@@ -1,0 +1,145 @@
+"""Warp-Grad's inner rule and the machinery that meta-trains warp layers.
+
+:class:`WarpGradRule` is the inner loop of a :class:`~.layers.WarpedModel`: a base rule (SGD
+at the inner lr by default, or any update rule) applied to the task-adapted parameters only;
+its meta-parameters are the model's warp layers, registered here so that an optimizer over
+``rule.parameters()`` trains the warps.
+
+:class:`WarpGradTrainer` runs inner trajectories without building a graph, stores every point
+in a :class:`~.replay.ReplayBuffer`, and turns sampled points into the warp meta-gradient
+(:func:`~.objective.warp_meta_loss`); it also returns each trajectory for the Leap update of
+the initialisation. Meta-training cost per update: the inner steps themselves (first-order
+forward/backward passes) plus ``points`` second-order steps, whatever the number of inner
+steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..episodes.episode import Episode
+from ..losses import task_loss
+from ..optim.tree import detached_tree as _detached
+from ..optim.rules.base import Params, UpdateRule
+from .layers import WarpedModel
+from .objective import BATCHES, warp_meta_loss
+from .replay import ReplayBuffer, TrajectoryPoint
+
+
+def require_warped(model: nn.Module, who: str) -> WarpedModel:
+    if not isinstance(model, WarpedModel):
+        raise ValueError(
+            f"{who} needs a WarpedModel (see fewshot_metaopt.warp: warp_conv4, warp_mlp, "
+            f"WarpedModel.interleave), got {type(model).__name__}"
+        )
+    return model
+
+
+class WarpGradRule(UpdateRule):
+    """``inner`` on the adapted parameters of ``model``; gradients of warp parameters are ignored."""
+
+    def __init__(self, model: WarpedModel, inner: UpdateRule) -> None:
+        super().__init__()
+        require_warped(model, "WarpGradRule")
+        self.inner = inner
+        self.warps = nn.ModuleList(model.warp_layers())
+        self.adapted = tuple(model.adapted_parameter_names())
+
+    def init(self, params: Params) -> Any:
+        return self.inner.init({n: params[n] for n in self.adapted if n in params})
+
+    def update(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]:
+        adapted = set(self.adapted)
+        return self.inner.update(params, {n: g for n, g in grads.items() if n in adapted}, state, step)
+
+    def warp_parameters(self) -> List[nn.Parameter]:
+        return list(self.warps.parameters())
+
+
+@dataclass
+class TaskRun:
+    """One inner trajectory: weights ``theta_0 .. theta_K`` of the adapted parameters, and the
+    query loss (and accuracy, for classification) after the last step."""
+
+    trajectory: List[Dict[str, Tensor]]
+    query_loss: float
+    query_accuracy: float | None
+
+
+class WarpGradTrainer:
+    """Trajectories into a replay buffer, sampled points into the warp meta-gradient.
+
+    Args:
+        model: the warped model (its warps and the adapted parameters' initialisation are read
+            from it, never written here).
+        rule: the inner rule, e.g. a :class:`WarpGradRule` or the learner's SGD rule.
+        buffer_size: points kept (the most recent); points: points per warp update.
+        loss: the task loss; step_batch / eval_batch: which set of a point's episode the
+            objective's inner step and its evaluation use.
+        seed: of the buffer's sampling generator.
+    """
+
+    def __init__(self, model: WarpedModel, rule: UpdateRule, buffer_size: int = 1000, points: int = 16,
+                 loss: str = "auto", step_batch: str = "support", eval_batch: str = "query", seed: int = 0) -> None:
+        self.model = require_warped(model, "WarpGradTrainer")
+        if points < 1:
+            raise ValueError(f"points per warp update must be >= 1, got {points}")
+        for name, value in (("step_batch", step_batch), ("eval_batch", eval_batch)):
+            if value not in BATCHES:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(BATCHES)}")
+        self.rule, self.points, self.loss = rule, points, loss
+        self.step_batch, self.eval_batch = step_batch, eval_batch
+        self.buffer = ReplayBuffer(buffer_size, seed)
+        self.adapted = model.adapted_parameter_names()
+
+    def run_task(self, episode: Episode, steps: int, task: int = 0, record: bool = True) -> TaskRun:
+        """``steps`` inner steps from the model's initialisation, no graph kept; every point
+        goes into the buffer when ``record``."""
+        model = self.model
+        fixed = {n: p.detach() for n, p in model.named_parameters() if n not in self.adapted}
+        params = {n: p.detach() for n, p in model.named_parameters() if n in self.adapted}
+        state = self.rule.init(params)
+        trajectory = [params]
+        for step in range(steps):
+            if record:
+                self.buffer.add(TrajectoryPoint(params, _detached(state), step, episode))
+            live = {n: p.requires_grad_() for n, p in ((n, p.detach()) for n, p in params.items())}
+            where = f"task {task}: support at inner step {step}"
+            loss = task_loss(functional_call(model, {**fixed, **live}, (episode.support_x,)), episode.support_y,
+                             self.loss, where)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{where}: loss is {loss.item()}; lower the inner lr")
+            grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
+            with torch.no_grad():
+                params, state = self.rule.update(live, grads, state, step)
+            params = {n: p.detach() for n, p in params.items()}
+            trajectory.append(params)
+        with torch.no_grad():
+            out = functional_call(model, {**fixed, **params}, (episode.query_x,))
+            query_loss = float(task_loss(out, episode.query_y, self.loss, f"task {task}: query"))
+            accuracy = None
+            if not episode.query_y.is_floating_point():
+                accuracy = float((out.argmax(-1) == episode.query_y).float().mean())
+        return TaskRun(trajectory, query_loss, accuracy)
+
+    def record_point(self, params: Params, rule_state: Any, step: int, episode: Episode) -> None:
+        """Store a point of a trajectory run elsewhere (e.g. the learner's higher inner loop)."""
+        self.buffer.add(TrajectoryPoint({n: params[n].detach() for n in self.adapted}, _detached(rule_state),
+                                        step, episode))
+
+    def accumulate_warp_gradient(self, inputs: List[Tensor], scale: float = 1.0) -> float:
+        """Add ``scale * d J / d inputs`` to the inputs' ``.grad`` (``inputs``: the warp
+        parameters, plus whatever else should learn from the warp objective); returns ``J``."""
+        if not inputs:
+            raise ValueError("the warp update has no parameters to train")
+        objective = warp_meta_loss(self.model, self.rule, self.buffer.sample(self.points), loss=self.loss,
+                                   step_batch=self.step_batch, eval_batch=self.eval_batch)
+        if not torch.isfinite(objective):
+            raise FloatingPointError(f"the warp objective is {objective.item()}; lower the inner lr or the meta lr")
+        (objective * scale).backward(inputs=inputs)
+        return float(objective.detach())
