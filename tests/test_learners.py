@@ -354,3 +354,17 @@ def test_learned_lr_errors_and_fixed_loss_kinds():
         LearnedLR({}, granularity="per_step_per_layer", steps=0)
     ce = GradientMetaLearner(tiny_mlp(), GradientMetaLearnerConfig(loss="cross_entropy"))
     assert ce.meta_train_step(classification_episodes(1, (3,))).accuracy is not None
+
+
+def test_learned_lr_tensors_are_found_through_schedule_and_meta_optimizer_wrappers():
+    from fewshot_metaopt import MetaOptimizer, MetaOptimizerConfig
+    from fewshot_metaopt.optim import Cosine, ScheduledRule
+
+    model = tiny_mlp()
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    scheduled = ScheduledRule(SGDRule.for_params(shapes, 0.1, granularity="per_parameter"), Cosine(total_steps=5))
+    learner = GradientMetaLearner(model, GradientMetaLearnerConfig(), inner_optimizer=scheduled)
+    assert learner.learned_lr_tensors()["0.weight"].shape == (4, 3)
+    facade = MetaOptimizer(model, MetaOptimizerConfig(method="meta_sgd", inner_lr=0.3))
+    wrapped = GradientMetaLearner(model, GradientMetaLearnerConfig(), inner_optimizer=facade)
+    assert float(wrapped.learned_lr_tensors()["2.bias"].mean()) == pytest.approx(0.3)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..engines.higher_engine import RuleOptimizer, detach_grads, functional_inner_loop
 from ..episodes.episode import Episode
 from ..losses import task_loss
-from ..optim.learned_lr import learned_lr_of
+from ..optim.learned_lr import learned_lr_of, learned_lr_tensors_of
 from ..optim.rules.base import UpdateRule
 from ..optim.rules.sgd import SGDRule
 from ..warp.warp_grad import WarpGradTrainer, require_warped
@@ -290,8 +290,7 @@ class GradientMetaLearner:
 
     def learned_lr_tensors(self) -> dict[str, Tensor]:
         """The full learned learning rates per adapted tensor (for histograms)."""
-        lrs = getattr(self.rule, "lrs", None)
-        return lrs.tensors() if lrs is not None else {}
+        return learned_lr_tensors_of(self.rule)
 
     def state_dict(self) -> dict:
         return {

@@ -103,3 +103,15 @@ def learned_lr_of(rule: nn.Module) -> dict[str, float]:
         return lrs.means()
     getter = getattr(rule, "get_learned_lr", None)
     return getter() if getter is not None else {}
+
+
+def learned_lr_tensors_of(rule: nn.Module) -> dict[str, torch.Tensor]:
+    """The full learned lr tensors of a rule's :class:`LearnedLR`, looking through wrappers that
+    hold the rule as ``.rule`` (:class:`~.schedules.ScheduledRule`, ``MetaOptimizer``); empty
+    for rules without one."""
+    while rule is not None:
+        lrs = getattr(rule, "lrs", None)
+        if lrs is not None:
+            return lrs.tensors()
+        rule = getattr(rule, "rule", None)
+    return {}
