@@ -72,7 +72,6 @@ class Progress:
     elapsed_s: float = 0.0
     best_value: float | None = None
     best_iteration: int | None = None
-    validated_at: int | None = None
     metrics_bytes: int = 0
     window: Window = field(default_factory=Window)
 
@@ -151,7 +150,6 @@ class Trainer:
             return True
         return t.minutes is not None and time.monotonic() - started >= 60 * t.minutes
 
-
     def _log(self, run: RunDir, log: MetricsLog, started: float, validate: bool) -> None:
         p = self.progress
         line = {"iteration": p.iteration, **p.window.flush(),
@@ -159,7 +157,6 @@ class Trainer:
         improved = False
         if validate:
             score = self.learner.evaluate(self.val)
-            p.validated_at = p.iteration
             higher_is_better = score.metric == "accuracy"
             improved = p.best_value is None or (
                 score.mean > p.best_value if higher_is_better else score.mean < p.best_value
