@@ -161,7 +161,7 @@ def test_warp_objective_meta_gradient_matches_finite_differences_in_float64():
 
     def value() -> float:
         with torch.enable_grad():
-            return float(warp_meta_loss(model, rule, points))
+            return float(warp_meta_loss(model, rule, points).detach())
 
     exact = torch.autograd.grad(warp_meta_loss(model, rule, points), warps)
     checked = 0
