@@ -1,8 +1,11 @@
 """The fewshot-metaopt command line end to end, in process, on tiny generated Glyphs tasks."""
 
 import argparse
+import contextlib
+import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,10 +83,25 @@ def error_line(capsys, prog: str = "fewshot-metaopt") -> str:
     return err[0]
 
 
-def test_train_writes_a_complete_run_directory(tmp_path, capsys):
-    assert train(tmp_path) == 0
-    out = capsys.readouterr().out
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One tiny run trained to the end, for the tests that only read it (or copy it first):
+    its directory and what train printed."""
+    folder = tmp_path_factory.mktemp("finished")
+    printed = io.StringIO()
+    # Set here as well: module fixtures start before the suite's per-test private cache.
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setenv("FEWSHOT_METAOPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert main(["train", str(write_task(folder)), "--out", str(folder / "run")]) == 0
+    return folder / "run", printed.getvalue()
+
+
+def copied(finished, tmp_path) -> Path:
+    return Path(shutil.copytree(finished[0], tmp_path / "run"))
+
+
+def test_train_writes_a_complete_run_directory(finished):
+    run, out = finished
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoints", "config.toml", "metrics.jsonl", "plots", "results.json", "run.json"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
@@ -122,30 +140,26 @@ def test_the_resolved_config_is_itself_a_task_file(tmp_path, capsys):
     assert json.loads((tmp_path / "run/results.json").read_text())["checkpoint"] == "checkpoints/last.pt"
 
 
-def test_evaluate_a_run_directory_and_a_checkpoint_file(tmp_path, capsys):
-    assert train(tmp_path) == 0
-    capsys.readouterr()
-    assert main(["evaluate", str(tmp_path / "run"), "--episodes", "5"]) == 0
+def test_evaluate_a_run_directory_and_a_checkpoint_file(finished, capsys):
+    run = finished[0]
+    assert main(["evaluate", str(run), "--episodes", "5"]) == 0
     out = capsys.readouterr().out
     assert "best.pt" in out and "test split 'test'" in out
     assert re.search(r"accuracy \d+\.\d\d% ± \d+\.\d\d% \(95% CI, 5 episodes\)", out)
-    assert main(["evaluate", str(tmp_path / "run/checkpoints/last.pt"), "--split", "val", "--episodes", "3"]) == 0
+    assert main(["evaluate", str(run / "checkpoints/last.pt"), "--split", "val", "--episodes", "3"]) == 0
     out = capsys.readouterr().out
     assert "(iteration 6)" in out and "val split 'val'" in out
 
 
-def test_evaluate_repeats_the_final_test_of_train(tmp_path, capsys):
-    assert train(tmp_path) == 0
-    results = json.loads((tmp_path / "run/results.json").read_text())
-    capsys.readouterr()
-    assert main(["evaluate", str(tmp_path / "run"), "--episodes", "4"]) == 0
+def test_evaluate_repeats_the_final_test_of_train(finished, capsys):
+    results = json.loads((finished[0] / "results.json").read_text())
+    assert main(["evaluate", str(finished[0]), "--episodes", "4"]) == 0
     shown = re.search(r"accuracy (\d+\.\d\d)%", capsys.readouterr().out).group(1)
     assert shown == f"{100 * results['mean']:.2f}"
 
 
-def test_inspect_lr_prints_a_table_and_draws_a_png(tmp_path, capsys):
-    assert train(tmp_path) == 0
-    capsys.readouterr()
+def test_inspect_lr_prints_a_table_and_draws_a_png(finished, tmp_path, capsys):
+    copied(finished, tmp_path)
     assert main(["inspect-lr", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "meta_sgd, learned" in out
@@ -188,8 +202,8 @@ def test_a_learned_optimizer_trains_and_reports_its_effective_rates(tmp_path, ca
     png_size(tmp_path / "run/plots/learned_lr.png")
 
 
-def test_plot_draws_the_learning_curves(tmp_path, capsys):
-    assert train(tmp_path) == 0
+def test_plot_draws_the_learning_curves(finished, tmp_path, capsys):
+    copied(finished, tmp_path)
     (tmp_path / "run/plots/learning_curves.png").unlink()
     assert main(["plot", str(tmp_path / "run")]) == 0
     assert png_size(tmp_path / "run/plots/learning_curves.png")[0] > 500
@@ -432,14 +446,12 @@ def test_a_count_that_is_not_a_number_is_a_usage_error(capsys):
     assert "expected a positive integer, got 'many'" in error_line(capsys, "fewshot-metaopt evaluate")
 
 
-def test_a_checkpoint_whose_weights_do_not_fit_its_task_is_refused(tmp_path, capsys):
+def test_a_checkpoint_whose_weights_do_not_fit_its_task_is_refused(finished, tmp_path, capsys):
     from fewshot_metaopt.runs.checkpoint import load_checkpoint, save_checkpoint
 
-    assert train(tmp_path, "--set", "train.iterations=1") == 0
-    state = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    state = load_checkpoint(finished[0] / "checkpoints/last.pt")
     state["task"]["model"]["channels"] = 8
     save_checkpoint(tmp_path / "odd.pt", state)
-    capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "odd.pt")]) == 1
     assert "odd.pt: its weights do not fit the model its task describes (size mismatch for 0.0.weight" in error_line(capsys)
 

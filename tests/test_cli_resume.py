@@ -56,8 +56,9 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     task = write_task(tmp_path, KILL_TASK)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = cli("train", str(task), "--out", str(whole), "--threads", "1")
-    assert done.returncode == 0, done.stderr
+    # The reference runs in this process (one torch thread, as the suite sets), the rest in
+    # processes of their own.
+    assert main(["train", str(task), "--out", str(whole), "--threads", "1"]) == 0
 
     process = subprocess.Popen([*CLI, "train", str(task), "--out", str(killed), "--threads", "1"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -82,7 +83,7 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 
 
 def test_an_interrupted_run_resumes_in_process_to_the_same_end(tmp_path, capsys, monkeypatch):
-    task = write_task(tmp_path, TINY_TASK.replace("iterations = 6", "iterations = 9"))
+    task = write_task(tmp_path, TINY_TASK.replace("iterations = 6", "iterations = 9") + '[meta_schedule]\nname = "cosine"\n')
     assert main(["train", str(task), "--out", str(tmp_path / "whole")]) == 0
 
     real, calls = GradientMetaLearner.meta_train_step, []
@@ -112,9 +113,11 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, capsys,
     cut = tmp_path / "cut"
     (cut / "metrics.jsonl").write_text('{"iteration": 1, "loss": 9.0}\n{"iteration": 2, "lo')
     (cut / "checkpoints" / ".last.pt.abc.partial").write_bytes(b"half a checkpoint")
+    (cut / ".run.json.abc.partial").write_bytes(b"half a file")
     assert main(["train", "--resume", str(cut)]) == 0
     assert_same_run(tmp_path / "whole", cut)
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert not list(cut.glob(".*.partial"))
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
@@ -165,8 +168,6 @@ def test_the_console_script_reports_errors_by_exit_status(tmp_path):
                              timeout=120)
     assert missing.returncode == 1
     assert missing.stderr.splitlines() == [f"fewshot-metaopt: error: checkpoint {tmp_path / 'nothing'} does not exist"]
-    usage = cli("train", "--no-such-option")
-    assert usage.returncode == 2 and len(usage.stderr.splitlines()) == 1 and "Traceback" not in usage.stderr
 
 
 @pytest.mark.parametrize("text", [b"", b"not a checkpoint at all", b"PK\x03\x04 truncated zip"])

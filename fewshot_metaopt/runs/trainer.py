@@ -125,7 +125,8 @@ class Trainer:
 
     def resume(self, run: RunDir) -> None:
         """Continue from ``run``'s latest checkpoint (from the start if it has none yet)."""
-        remove_leftovers(run.checkpoints)
+        for folder in (run.path, run.checkpoints, run.plots):
+            remove_leftovers(folder)
         if not run.last_checkpoint.is_file():
             MetricsLog.cut_back(run.metrics, 0)
             run.best_checkpoint.unlink(missing_ok=True)
