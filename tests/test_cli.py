@@ -124,12 +124,14 @@ def test_train_writes_a_complete_run_directory(finished):
         assert f"glyphs-{role}-" in path and sha256_of(Path(path)) == digest
     assert png_size(run / "plots" / "learning_curves.png")[0] > 500
     assert re.search(r"test accuracy \d+\.\d\d% ± \d+\.\d\d% \(95% CI, 4 episodes\)", out)
+    assert "budget: 6 iterations x 2 episodes; validation every 3 iterations on 3 episodes; test on 4" in out
     info = json.loads((run / "run.json").read_text())
     assert info["command"][:2] == ["fewshot-metaopt", "train"]
 
 
 def test_the_resolved_config_is_itself_a_task_file(tmp_path, capsys):
     assert train(tmp_path, "--set", "train.iterations=2", "--set", "validation.every=0") == 0
+    assert "budget: 2 iterations x 2 episodes; no validation; test on 4" in capsys.readouterr().out
     assert main(["train", str(tmp_path / "run" / "config.toml"), "--out", str(tmp_path / "again")]) == 0
     first = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     second = torch.load(tmp_path / "again/checkpoints/last.pt", weights_only=True)

@@ -61,8 +61,9 @@ def describe(task: TaskConfig, trainer: Trainer, run: RunDir, echo: Callable[[st
     echo(f"data: {task.data.dataset} ({data})")
     echo(f"model: {task.model.name}, {parameters:,} parameters; algorithm {task.learner.algorithm}, "
          f"inner optimizer {task.inner_optimizer.method}")
-    echo(f"budget: {budget} x {t.meta_batch} episodes; validation every {task.validation.every} iterations "
-         f"on {task.validation.episodes} episodes; test on {task.evaluation.episodes}")
+    v = task.validation
+    validation = f"validation every {v.every} iterations on {v.episodes} episodes" if v.every else "no validation"
+    echo(f"budget: {budget} x {t.meta_batch} episodes; {validation}; test on {task.evaluation.episodes}")
 
 
 def run(args: argparse.Namespace, command: Sequence[str], echo: Callable[[str], None] = print) -> int:
