@@ -342,3 +342,49 @@ def test_warped_learners_refuse_bad_settings():
     exploding = WarpGradTrainer(model, sgd_for(model, 1e300))
     with pytest.raises(FloatingPointError, match="lower the inner lr"):
         exploding.run_task(classification_episodes(1, (3,))[0], steps=3)
+
+
+@pytest.mark.parametrize("algorithm", ["warp_maml", "warp_leap"])
+def test_warped_learner_resumes_bit_identically_from_a_weights_only_checkpoint(tmp_path, algorithm):
+    config = GradientMetaLearnerConfig(algorithm=algorithm, inner_lr=0.3, inner_steps=2, warp_points=3,
+                                       warp_buffer_size=6)
+    batches = [classification_episodes(2, (3,), seed=s) for s in range(4)]
+    straight = GradientMetaLearner(warped_classifier(), config)
+    for batch in batches:
+        straight.meta_train_step(batch)
+
+    first = GradientMetaLearner(warped_classifier(), config)
+    for batch in batches[:2]:
+        first.meta_train_step(batch)
+    torch.save(first.state_dict(), tmp_path / "ckpt.pt")
+    resumed = GradientMetaLearner(warped_classifier(seed=5), config)
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    assert len(resumed.warp.buffer) == 6
+    for batch in batches[2:]:
+        resumed.meta_train_step(batch)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+    plain = GradientMetaLearner(mlp(3, 2).double(), GradientMetaLearnerConfig())
+    with pytest.raises(ValueError, match="has no Warp-Grad replay buffer"):
+        resumed.load_state_dict(plain.state_dict() | {"model": resumed.model.state_dict(),
+                                                      "rule": resumed.rule.state_dict(),
+                                                      "meta_optimizer": resumed.meta_optimizer.state_dict()})
+
+
+def test_replay_buffer_state_round_trip_and_refusals():
+    episode = classification_episodes(1, (3,))[0]
+    buffer = ReplayBuffer(size=3, seed=1)
+    for k in range(4):
+        buffer.add(TrajectoryPoint({"w": torch.full((2,), float(k))}, {"m": [torch.ones(1)]}, k, episode))
+    copy_ = ReplayBuffer(size=3)
+    copy_.load_state_dict(buffer.state_dict())
+    assert [p.step for p in copy_.sample(3)] == [p.step for p in buffer.sample(3)]
+    with pytest.raises(ValueError, match="holds size 3, this buffer has size 4"):
+        ReplayBuffer(size=4).load_state_dict(buffer.state_dict())
+    from fewshot_metaopt.optim.rules.adam import AdamSlot
+
+    odd = ReplayBuffer(size=1)
+    odd.add(TrajectoryPoint({"w": torch.zeros(1)}, AdamSlot(0, torch.zeros(1), torch.zeros(1)), 0, episode))
+    with pytest.raises(ValueError, match="cannot save a rule state of type AdamSlot"):
+        odd.state_dict()

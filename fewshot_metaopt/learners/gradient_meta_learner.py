@@ -7,8 +7,9 @@ Meta-objective, for tasks ``i`` with support set ``S_i`` and query set ``Q_i``::
 
 MAML differentiates through ``U^k`` (second order); first-order MAML treats the inner
 gradients as constants; Meta-SGD learns a per-parameter inner learning rate inside ``U``;
-ANIL adapts only the head. The inner loop runs on ``higher`` with our rule registered as a
-differentiable optimizer, so any rule with the update-rule contract plugs in.
+ANIL adapts only the head. The inner loop runs on an engine that drives the update rule: the
+functional engine (``torch.func``, the default) or ``higher`` with our rule registered as a
+differentiable optimizer; any rule with the update-rule contract plugs into both.
 
 >>> learner = GradientMetaLearner(conv4(5), GradientMetaLearnerConfig(algorithm="meta_sgd"))
 >>> result = learner.meta_train_step(sampler.sample_batch(32))
@@ -23,6 +24,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..engines.func_engine import FuncEngine, unused_parameters_error
 from ..engines.higher_engine import RuleOptimizer, detach_grads, functional_inner_loop
 from ..episodes.episode import Episode
 from ..losses import task_loss
@@ -31,6 +33,7 @@ from ..optim.rules.base import UpdateRule
 from ..optim.rules.sgd import SGDRule
 from ..warp.warp_grad import WarpGradTrainer, require_warped
 from .config import WARP_ALGORITHMS, GradientMetaLearnerConfig
+from .vmapped_tasks import accumulate_vmapped_meta_gradient
 from .warp_maml import accumulate_warp_meta_gradient
 from .results import EvaluationResult, MetaTrainResult
 
@@ -105,6 +108,7 @@ class GradientMetaLearner:
             )
         self.rule = inner_optimizer.to(device=reference.device, dtype=reference.dtype)
         self.inner_optimizer = RuleOptimizer([(n, params[n]) for n in self.adapted], self.rule)
+        self.func_engine = FuncEngine(model, self.rule, self.adapted) if config.inner_engine == "func" else None
         self._all_names = list(params)
         meta_params = list(model.parameters()) + list(self.rule.parameters())
         if config.meta_optimizer == "adam":
@@ -143,10 +147,7 @@ class GradientMetaLearner:
             if not self.config.allow_unused:
                 missing = [n for n, g in zip(self._all_names, grads) if g is None and n in adapted]
                 if missing:
-                    raise ValueError(
-                        f"parameters {missing} get no gradient from the support loss; adapt "
-                        "fewer parameters or set allow_unused=True"
-                    )
+                    raise unused_parameters_error(missing)
             return detach_grads(grads) if first_order else grads
 
         return callback
@@ -155,20 +156,28 @@ class GradientMetaLearner:
         """Adapt on the support set; returns the functional model and the query losses
         (after every step when ``per_step_query``, else after the last) with final outputs.
         ``record(params, rule_state, step)`` sees the weights each step starts from."""
+        def support_loss(fmodel, step: int) -> Tensor:
+            out = self._forward(fmodel, episode.support_x, task, "support")
+            return self._checked(self._loss(out, episode.support_y, task, "support"), task, "support", step)
+
+        def query_loss(fmodel) -> Tensor:
+            return self._loss(self._forward(fmodel, episode.query_x, task, "query"), episode.query_y, task, "query")
+
+        if self.func_engine is not None:
+            return self.func_engine.inner_loop(
+                steps, mode, support_loss, query_loss if per_step_query else None, self.config.allow_unused
+            )
         track = mode != "eval"
         fmodel, diffopt = functional_inner_loop(self.model, self.inner_optimizer, track_higher_grads=track)
         callback = self._grad_callback(first_order=mode == "first_order")
         query_losses: list[Tensor] = []
-        output = None
         for step in range(steps):
-            out = self._forward(fmodel, episode.support_x, task, "support")
-            loss = self._checked(self._loss(out, episode.support_y, task, "support"), task, "support", step)
+            loss = support_loss(fmodel, step)
             if record is not None:
                 record(dict(zip(self._all_names, fmodel.fast_params)), diffopt.rule_state, step)
             diffopt.step(loss, grad_callback=callback)
             if per_step_query and step < steps - 1:
-                output = self._forward(fmodel, episode.query_x, task, "query")
-                query_losses.append(self._loss(output, episode.query_y, task, "query"))
+                query_losses.append(query_loss(fmodel))
         return fmodel, diffopt, query_losses
 
     def adapt(self, episode: Episode, steps: int | None = None, differentiable: bool = False):
@@ -209,6 +218,8 @@ class GradientMetaLearner:
             raise ValueError("a meta-batch needs at least one episode, got none")
         if self.warp is not None:
             return accumulate_warp_meta_gradient(self, episodes)
+        if self.config.vmap_tasks:
+            return accumulate_vmapped_meta_gradient(self, episodes)
         cfg = self.config
         mode = "first_order" if cfg.uses_first_order else "second_order"
         steps = cfg.inner_steps
@@ -293,15 +304,25 @@ class GradientMetaLearner:
         return learned_lr_tensors_of(self.rule)
 
     def state_dict(self) -> dict:
-        return {
+        """Everything a resumed run needs: weights, rule, outer optimizer, iteration, and for
+        the Warp-Grad algorithms the replay buffer (plain tensors: ``weights_only`` loads it)."""
+        state = {
             "model": self.model.state_dict(),
             "rule": self.rule.state_dict(),
             "meta_optimizer": self.meta_optimizer.state_dict(),
             "iteration": self.iteration,
         }
+        if self.warp is not None:
+            state["warp"] = self.warp.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.rule.load_state_dict(state["rule"])
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.iteration = int(state["iteration"])
+        if self.warp is not None:
+            if "warp" not in state:
+                raise ValueError("this state has no Warp-Grad replay buffer; it was saved by a learner "
+                                 f"that is not {self.config.algorithm!r}")
+            self.warp.load_state_dict(state["warp"])

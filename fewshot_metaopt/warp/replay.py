@@ -11,7 +11,7 @@ their rule states); episodes are held by reference, not copied.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Dict, List
 
 import torch
@@ -55,6 +55,47 @@ class ReplayBuffer:
         order = torch.randperm(len(self._points), generator=self.generator)[:count].tolist()
         return [self._points[i] for i in order]
 
+    def state_dict(self) -> dict:
+        """Tensors, numbers and plain containers only (loadable with ``weights_only=True``): the
+        sampling generator and every point with its episode. Rule states must be ``None`` or
+        plain containers of tensors (SGD's is ``None``)."""
+        for point in self._points:
+            _check_plain(point.rule_state)
+        return {
+            "size": self.size,
+            "generator": self.generator.get_state(),
+            "points": [
+                {"params": dict(p.params), "rule_state": p.rule_state, "step": p.step,
+                 "episode": {f.name: getattr(p.episode, f.name) for f in fields(p.episode)}}
+                for p in self._points
+            ],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["size"]) != self.size:
+            raise ValueError(f"replay buffer state holds size {state['size']}, this buffer has size {self.size}")
+        self.generator.set_state(state["generator"])
+        self._points.clear()
+        for p in state["points"]:
+            self._points.append(TrajectoryPoint(dict(p["params"]), p["rule_state"], int(p["step"]), Episode(**p["episode"])))
+
     def nbytes(self) -> int:
         """Bytes of the stored weights and rule states (episodes are shared, not counted)."""
         return state_bytes([(p.params, p.rule_state) for p in self._points])
+
+
+def _check_plain(tree: Any) -> None:
+    if tree is None or isinstance(tree, (Tensor, int, float)):
+        return
+    if isinstance(tree, dict):
+        for value in tree.values():
+            _check_plain(value)
+        return
+    if type(tree) in (list, tuple):
+        for value in tree:
+            _check_plain(value)
+        return
+    raise ValueError(
+        f"the replay buffer cannot save a rule state of type {type(tree).__name__}; "
+        "use a rule whose state is None or plain dicts/lists of tensors"
+    )

@@ -127,6 +127,13 @@ class WarpGradTrainer:
                 accuracy = float((out.argmax(-1) == episode.query_y).float().mean())
         return TaskRun(trajectory, query_loss, accuracy)
 
+    def state_dict(self) -> dict:
+        """The replay buffer (points and sampling generator), for bit-exact resumption."""
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+
     def record_point(self, params: Params, rule_state: Any, step: int, episode: Episode) -> None:
         """Store a point of a trajectory run elsewhere (e.g. the learner's higher inner loop)."""
         self.buffer.add(TrajectoryPoint({n: params[n].detach() for n in self.adapted}, _detached(rule_state),
