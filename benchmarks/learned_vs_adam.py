@@ -24,7 +24,7 @@ Protocol (the Phase 50.4 spec's measurements 1 and 2):
   the budget). A fixed target keeps the comparison away from the last digits of a loss that
   tends to zero.
 
-Architectures: conv4-16 (meta-training), and unseen: an MLP (784-128-64), a wider conv4-64 and
+Architectures: conv4-16 (meta-training), and unseen: an MLP (784-128-64), a wider conv4-32 and
 a small residual conv net. Without ``../shared/data/omniglot`` the script falls back to the
 embedded Glyphs data set (train vs test characters).
 """
@@ -86,7 +86,7 @@ class ResidualNet(nn.Module):
 ARCHITECTURES: Dict[str, Callable[[int], nn.Module]] = {
     "conv4-16": lambda ways: conv4(ways, hidden=16),
     "mlp 784-128-64": lambda ways: nn.Sequential(nn.Flatten(), mlp(784, ways, hidden=(128, 64))),
-    "conv4-64 (wider)": lambda ways: conv4(ways, hidden=64),
+    "conv4-32 (wider)": lambda ways: conv4(ways, hidden=32),
     "residual": lambda ways: ResidualNet(ways),
 }
 
