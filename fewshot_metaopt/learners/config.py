@@ -12,6 +12,7 @@ ALGORITHMS = ("maml", "fomaml", "meta_sgd", "anil", "warp_maml", "warp_leap")
 WARP_ALGORITHMS = ("warp_maml", "warp_leap")
 META_OPTIMIZERS = ("adam", "sgd")
 BATCH_NORM_MODES = ("transductive",)
+ENGINES = ("auto", "higher", "func")
 
 SECOND_ORDER_LR_MESSAGE = (
     "learned inner learning rates (Meta-SGD) need second-order meta-gradients: the rates act "
@@ -49,6 +50,14 @@ class GradientMetaLearnerConfig:
     loss: ``auto`` (cross-entropy for integer labels, MSE for float targets), or fixed.
     warp_points, warp_buffer_size: Warp-Grad: trajectory points per warp update, and points
         the replay buffer keeps.
+    engine: what runs the inner loop: ``higher`` (monkeypatched modules, higher's
+        differentiable optimizers), ``func`` (functional fast weights, faster: see
+        ``docs/engines.md``) or ``auto`` (``func``, but ``higher`` for the Warp-Grad
+        algorithms, which record higher's trajectories). Both give the same meta-gradients.
+    vmap_tasks: the func engine adapts same-shaped tasks together with ``torch.func.vmap``
+        instead of one after another (slower on the CPU, for accelerators).
+    vmap_chunk_size: with ``vmap_tasks``, tasks per vmapped chunk; each chunk's meta-gradient
+        is taken before the next one runs, which bounds memory (``None``: the whole meta-batch).
     """
 
     algorithm: str = "maml"
@@ -68,6 +77,9 @@ class GradientMetaLearnerConfig:
     loss: str = "auto"
     warp_points: int = 16
     warp_buffer_size: int = 1000
+    engine: str = "auto"
+    vmap_tasks: bool = False
+    vmap_chunk_size: int | None = None
 
     def __post_init__(self) -> None:
         def choose(name: str, value, options) -> None:
@@ -78,6 +90,7 @@ class GradientMetaLearnerConfig:
         choose("meta_optimizer", self.meta_optimizer, META_OPTIMIZERS)
         choose("batch_norm", self.batch_norm, BATCH_NORM_MODES)
         choose("loss", self.loss, LOSSES)
+        choose("engine", self.engine, ENGINES)
         if self.lr_granularity is not None:
             choose("lr_granularity", self.lr_granularity, GRANULARITIES)
         if self.inner_steps < 1:
@@ -102,10 +115,27 @@ class GradientMetaLearnerConfig:
             raise ValueError("algorithm 'fomaml' is first-order; first_order=False contradicts it")
         if self.uses_first_order and self.granularity != "none":
             raise ValueError(SECOND_ORDER_LR_MESSAGE)
+        if self.engine == "func" and self.algorithm in WARP_ALGORITHMS:
+            raise ValueError(f"algorithm {self.algorithm!r} runs on the higher engine only (its replay buffer "
+                             "records higher's fast weights); use engine='higher' or 'auto'")
+        if self.vmap_tasks and self.inner_engine != "func":
+            raise ValueError("vmap_tasks needs the func engine")
+        if self.vmap_tasks and self.allow_unused:
+            raise ValueError("vmap_tasks cannot tell an unused parameter from a zero gradient; "
+                             "use allow_unused=False or vmap_tasks=False")
+        if self.vmap_chunk_size is not None and (not self.vmap_tasks or self.vmap_chunk_size < 1):
+            raise ValueError(f"vmap_chunk_size must be >= 1 and needs vmap_tasks=True, got {self.vmap_chunk_size}")
 
     @property
     def uses_first_order(self) -> bool:
         return self.algorithm == "fomaml" if self.first_order is None else bool(self.first_order)
+
+    @property
+    def inner_engine(self) -> str:
+        """The engine ``engine`` resolves to: ``higher`` or ``func``."""
+        if self.engine == "auto":
+            return "higher" if self.algorithm in WARP_ALGORITHMS else "func"
+        return self.engine
 
     @property
     def granularity(self) -> str:

@@ -1,0 +1,124 @@
+"""The meta-gradient of a meta-batch with its tasks adapted together (``vmap_tasks=True``).
+
+The func engine's :meth:`~fewshot_metaopt.engines.func_engine.FuncEngine.vmapped` runs the
+inner loops of a chunk of same-shaped tasks in one ``torch.func.vmap``; each chunk's
+meta-gradient is taken before the next chunk runs, so memory grows with ``vmap_chunk_size``,
+not with the meta-batch. The result equals the task-by-task loop's: the same checks (inputs
+that do not fit, labels out of range, unused parameters, non-finite losses) name the same task,
+since they run on concrete tensors before and after the vmapped part, where data-dependent
+checks cannot run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..episodes.episode import Episode, stack_episodes
+from ..losses import task_loss
+from .results import MetaTrainResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .gradient_meta_learner import GradientMetaLearner
+
+Chunk = List[Tuple[int, Episode]]
+
+
+def _vmap_safe_loss(kind: str, target: Tensor):
+    if kind == "auto":
+        kind = "mse" if target.is_floating_point() else "cross_entropy"
+    return F.mse_loss if kind == "mse" else F.cross_entropy
+
+
+def _check_inputs(learner: "GradientMetaLearner", chunk: Chunk) -> None:
+    """What the vmapped loop cannot check itself, on concrete tensors: the first task's support
+    set fits the model (the chunk shares its shapes), every label is in range, and (once per
+    learner) every adapted parameter gets a gradient."""
+    engine = learner.func_engine
+    task, first = chunk[0]
+    fmodel = engine.adapted_model(dict(learner.model.named_parameters()))
+    with torch.set_grad_enabled(not engine.usage_checked):
+        output = learner._forward(fmodel, first.support_x, task, "support")
+        if not engine.usage_checked:
+            engine.check_gradients_reach(learner._loss(output, first.support_y, task, "support"))
+    template = output.detach()
+    for task, episode in chunk:
+        for phase, y in (("support", episode.support_y), ("query", episode.query_y)):
+            learner._loss(template.new_zeros(y.shape[0], *template.shape[1:]), y, task, phase)
+
+
+def _differentiate_chunk(
+    learner: "GradientMetaLearner", chunk: Chunk, weights: Tensor | None, batch_size: int
+) -> tuple[list[tuple[Tensor, Tensor, Episode]], int]:
+    """Adds the chunk's share of the meta-gradient; returns ``(final loss, output, episode)``
+    of each task kept and how many were skipped for non-finite losses."""
+    cfg = learner.config
+    steps = cfg.inner_steps
+    mode = "first_order" if cfg.uses_first_order else "second_order"
+    _check_inputs(learner, chunk)
+    batch = stack_episodes([episode for _, episode in chunk])
+    run = learner.func_engine.vmapped(
+        batch.support_x, batch.support_y, batch.query_x, batch.query_y, steps, mode,
+        _vmap_safe_loss(cfg.loss, batch.support_y), per_step_query=cfg.multi_step_loss,
+    )
+    kept, bad = [], []
+    for i, (task, episode) in enumerate(chunk):
+        try:
+            for step in range(steps):
+                learner._checked(run.support_losses[i, step], task, "support", step)
+            final = learner._checked(learner._loss(run.query_outputs[i], episode.query_y, task, "query"),
+                                     task, "query", steps)
+        except FloatingPointError:
+            if not cfg.skip_nonfinite_tasks:
+                raise
+            bad.append(i)
+            continue
+        kept.append((i, final))
+    if bad:
+        # A task's NaNs would reach the others' gradients through the batched backward
+        # (0 * NaN), so the chunk runs again without it.
+        rest = [item for i, item in enumerate(chunk) if i not in bad]
+        results, skipped = _differentiate_chunk(learner, rest, weights, batch_size) if rest else ([], 0)
+        return results, skipped + len(bad)
+    objective = 0.0
+    for i, final in kept:
+        if weights is None:
+            objective = objective + final
+        else:
+            losses = [*run.step_query_losses[i].unbind(), final] if steps > 1 else [final]
+            objective = objective + sum(w * loss for w, loss in zip(weights.tolist(), losses))
+    (objective / batch_size).backward()
+    return [(final, run.query_outputs[i], chunk[i][1]) for i, final in kept], 0
+
+
+def accumulate_vmapped_meta_gradient(learner: "GradientMetaLearner", episodes: List[Episode]) -> MetaTrainResult:
+    cfg = learner.config
+    weights = learner._step_weights(cfg.inner_steps) if cfg.multi_step_loss else None
+    tasks = [(task, episode.to(learner.device)) for task, episode in enumerate(episodes)]
+    size = cfg.vmap_chunk_size or len(tasks)
+    total_loss, correct, count, kept, skipped = 0.0, 0, 0, 0, 0
+    for start in range(0, len(tasks), size):
+        results, dropped = _differentiate_chunk(learner, tasks[start:start + size], weights, len(episodes))
+        skipped += dropped
+        for final, output, episode in results:
+            kept += 1
+            total_loss += final.item()
+            if not episode.query_y.is_floating_point():
+                correct += int((output.argmax(-1) == episode.query_y).sum())
+                count += episode.query_y.numel()
+    if kept == 0:
+        raise FloatingPointError(f"all {len(episodes)} tasks had non-finite losses; nothing was updated")
+    if skipped:
+        for p in learner.meta_parameters:
+            if p.grad is not None:
+                p.grad.mul_(len(episodes) / kept)
+    return MetaTrainResult(
+        loss=total_loss / kept,
+        accuracy=correct / count if count else None,
+        grad_norm=float("nan"),
+        tasks=kept,
+        skipped_tasks=skipped,
+    )
