@@ -81,7 +81,7 @@ def _sequential_leaves(module: nn.Module) -> list[nn.Module] | None:
     if not _is_plain_sequential(module):
         return None
     leaves: list[nn.Module] = []
-    for child in module.children():
+    for child in module:  # not children(): that skips a module the Sequential calls twice
         leaves += _sequential_leaves(child) if _is_plain_sequential(child) else [child]
     return leaves
 

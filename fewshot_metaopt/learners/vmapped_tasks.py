@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..episodes.episode import Episode, stack_episodes
+from ..episodes.episode import Episode
 from ..losses import task_loss
 from .results import MetaTrainResult
 
@@ -31,6 +31,21 @@ def _vmap_safe_loss(kind: str, target: Tensor):
     if kind == "auto":
         kind = "mse" if target.is_floating_point() else "cross_entropy"
     return F.mse_loss if kind == "mse" else F.cross_entropy
+
+
+def _stacked(chunk: Chunk) -> list[Tensor]:
+    """support_x, support_y, query_x, query_y of the chunk's tasks, stacked."""
+    stacked = []
+    first_task, first = chunk[0]
+    for name in ("support_x", "support_y", "query_x", "query_y"):
+        for task, episode in chunk:
+            if getattr(episode, name).shape != getattr(first, name).shape:
+                raise ValueError(
+                    f"vmap_tasks adapts same-shaped tasks together: task {task} has {name} of shape "
+                    f"{tuple(getattr(episode, name).shape)}, task {first_task} has {tuple(getattr(first, name).shape)}"
+                )
+        stacked.append(torch.stack([getattr(episode, name) for _, episode in chunk]))
+    return stacked
 
 
 def _check_inputs(learner: "GradientMetaLearner", chunk: Chunk) -> None:
@@ -59,10 +74,10 @@ def _differentiate_chunk(
     steps = cfg.inner_steps
     mode = "first_order" if cfg.uses_first_order else "second_order"
     _check_inputs(learner, chunk)
-    batch = stack_episodes([episode for _, episode in chunk])
+    support_x, support_y, query_x, query_y = _stacked(chunk)
     run = learner.func_engine.vmapped(
-        batch.support_x, batch.support_y, batch.query_x, batch.query_y, steps, mode,
-        _vmap_safe_loss(cfg.loss, batch.support_y), per_step_query=cfg.multi_step_loss,
+        support_x, support_y, query_x, query_y, steps, mode,
+        _vmap_safe_loss(cfg.loss, support_y), per_step_query=cfg.multi_step_loss,
     )
     kept, bad = [], []
     for i, (task, episode) in enumerate(chunk):
