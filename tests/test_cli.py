@@ -286,7 +286,12 @@ def test_a_missing_task_file_is_one_line_and_writes_nothing(tmp_path, capsys):
     ("learner.inner_lr=fast", "learner.inner_lr in --set learner.inner_lr=fast must be a number, got 'fast'"),
     ("learner.algorithm=reptile", "unknown algorithm 'reptile'"),
     ("inner_optimizer.method=adagrad", "unknown inner_optimizer.method 'adagrad'"),
-    ("inner_optimizer.method=warp_grad", "'warp_grad' needs a model with warp layers"),
+    ("inner_optimizer.method=warp_grad", 'meta-trains warp layers alone; a run meta-learns a warped model with '
+                                         'learner.algorithm = "warp_maml" or "warp_leap"'),
+    ("learner.algorithm=warp_maml", "learner.algorithm 'warp_maml' needs a model with warp layers: "
+                                    "model.name 'warp_conv4', got 'conv4'"),
+    ("model.name=warp_conv4", "model.name 'warp_conv4' is meta-learned by learner.algorithm 'warp_maml' or "
+                              "'warp_leap', got 'meta_sgd'"),
 ])
 def test_bad_settings_fail_before_any_file_is_written(tmp_path, capsys, override, message):
     assert train(tmp_path, "--set", override) == 1

@@ -17,8 +17,9 @@ else:  # pragma: no cover
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 EXPECTED = [
-    "glyphs-quickstart", "miniimagenet-5w1s", "miniimagenet-5w5s", "omniglot-20w1s", "omniglot-20w5s",
-    "omniglot-5w1s", "omniglot-5w5s", "sinusoid-10shot", "sinusoid-5shot",
+    "glyphs-quickstart", "miniimagenet-5w1s", "miniimagenet-5w5s", "omniglot-20w1s", "omniglot-20w1s-warp-leap",
+    "omniglot-20w5s", "omniglot-5w1s", "omniglot-5w1s-warp-maml", "omniglot-5w5s", "sinusoid-10shot",
+    "sinusoid-5shot",
 ]
 
 
@@ -138,7 +139,8 @@ MINIMAL = '[train]\niterations = 3\n'
     ("[data]\ndataset = 'sinusoid'\n[model]\nname = 'mlp'\n[episodes]\nways = 5\n" + MINIMAL,
      "{path}: episodes.ways must be 1 for the regression family 'sinusoid', got 5"),
     ("[inner_optimizer]\nmethod = 'warp_grad'\n" + MINIMAL,
-     "{path}: inner_optimizer.method 'warp_grad' needs a model with warp layers"),
+     "{path}: inner_optimizer.method 'warp_grad' meta-trains warp layers alone; a run meta-learns a warped model "
+     'with learner.algorithm = "warp_maml" or "warp_leap", model.name = "warp_conv4" or "warp_mlp"'),
     ("[inner_optimizer]\nmethod = 'lstm'\nlstm_variant = 'huge'\n" + MINIMAL,
      "{path}: [inner_optimizer] unknown lstm_variant 'huge'"),
     ("[meta_schedule]\nname = 'cosine'\n[train]\nminutes = 1.0\n",

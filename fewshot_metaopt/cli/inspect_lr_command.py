@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from ..runs.components import manifest
 from ..runs.data_sources import open_split
-from ..runs.lr_report import effective_lrs, format_table, lr_rows, lr_tensors, plot_lrs
+from ..runs.lr_report import effective_lrs, format_table, lr_rows, lr_tensors, plot_lrs, warped_lrs
 from ..runs.restore import restore
 from .parsing import add_data_root, add_machine_options
 
@@ -16,7 +16,10 @@ DESCRIPTION = """\
 Print the inner learning rates per parameter tensor (mean, min, 5/25/50/75/95% quantiles,
 max) and draw them as a violin per tensor in a PNG. For MAML they are the fixed inner lr,
 for Meta-SGD the learned per-parameter rates; learned optimizers (lstm, l2o) have none, so
-their effective lr (mean|update| / mean|gradient|) on one validation episode is shown."""
+their effective lr (mean|update| / mean|gradient|) on one validation episode is shown. For a
+Warp-Grad model with a fixed inner lr it is the lr that would move each adapted tensor as far
+without the warp layers (inner lr x mean|warped grad| / mean|unwarped grad|), on one
+validation episode."""
 
 
 def add_parser(commands) -> None:
@@ -35,12 +38,17 @@ def run(args: argparse.Namespace, command: Sequence[str], echo: Callable[[str], 
     restored = restore(args.target, args.device, args.data_root)
     task, learner = restored.task, restored.learner
     tensors, learned = lr_tensors(learner)
-    if tensors:
+    warped = learner.warp is not None and not learned
+    if tensors and not warped:
         kind = "learned" if learned else "fixed (not learned)"
     else:
         episode = manifest(task, open_split(task.data, "val"), "val", 1)[0]
-        tensors = effective_lrs(learner, episode)
-        kind = "effective lr of the last inner step on one validation episode"
+        if warped:
+            tensors = warped_lrs(learner, episode)
+            kind = f"effective lr of the warped gradient (inner lr {task.learner.inner_lr:g}) on one validation episode"
+        else:
+            tensors = effective_lrs(learner, episode)
+            kind = "effective lr of the last inner step on one validation episode"
     method = task.inner_optimizer.method
     echo(f"{task.name}, {restored.checkpoint} (iteration {restored.iteration}): inner learning rates of "
          f"{task.learner.algorithm}{'' if method == 'sgd' else ' with ' + method}, {kind}")

@@ -55,11 +55,13 @@ def describe(task: TaskConfig, trainer: Trainer, run: RunDir, echo: Callable[[st
     else:
         sizes = ", ".join(f"{role} {s.num_classes}" for role, s in trainer.sources.items())
         data = f"{sizes} classes; {task.ways}-way {e.shots}-shot, {e.queries} queries per class"
-    parameters = sum(p.numel() for p in learner.model.parameters())
+    parameters = f"{sum(p.numel() for p in learner.model.parameters()):,} parameters"
+    if learner.warp is not None:
+        parameters += f" ({sum(p.numel() for p in learner.model.warp_parameters()):,} in warp layers)"
     echo(f"run directory: {run.path}")
     echo(f"task {task.name}: {task.description}" if task.description else f"task {task.name}")
     echo(f"data: {task.data.dataset} ({data})")
-    echo(f"model: {task.model.name}, {parameters:,} parameters; algorithm {task.learner.algorithm}, "
+    echo(f"model: {task.model.name}, {parameters}; algorithm {task.learner.algorithm}, "
          f"inner optimizer {task.inner_optimizer.method}")
     v = task.validation
     validation = f"validation every {v.every} iterations on {v.episodes} episodes" if v.every else "no validation"

@@ -13,6 +13,7 @@ from ..learners import GradientMetaLearner
 from ..models import conv4, mlp
 from ..optim.meta_optimizer import MetaOptimizer
 from ..optim.schedules import schedule_optimizer
+from ..warp import warp_conv4, warp_mlp
 from .data_sources import image_shape
 from .schedule_factory import build_schedule
 from .task_config import TaskConfig
@@ -23,10 +24,14 @@ _MANIFEST_STREAM = {"train": 100, "val": 101, "test": 102}
 
 
 def build_model(task: TaskConfig) -> nn.Module:
-    if task.model.name == "conv4":
+    """The task's network; a ``warp_`` model is the same network with warp layers between its blocks."""
+    m = task.model
+    if m.family == "conv4":
         channels, size, _ = image_shape(task.data)
-        return conv4(task.ways, in_channels=channels, hidden=task.model.channels or 64, image_size=size)
-    return mlp(1, 1, hidden=tuple(task.model.hidden_layers or (40, 40)))
+        shape = dict(in_channels=channels, hidden=m.channels or 64, image_size=size)
+        return warp_conv4(task.ways, **shape, **m.warp_options()) if m.warped else conv4(task.ways, **shape)
+    hidden = tuple(m.hidden_layers or (40, 40))
+    return warp_mlp(1, 1, hidden=hidden, **m.warp_options()) if m.warped else mlp(1, 1, hidden=hidden)
 
 
 def build_learner(task: TaskConfig, device: str | torch.device = "cpu") -> GradientMetaLearner:

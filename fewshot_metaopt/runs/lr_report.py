@@ -4,7 +4,9 @@ Rules with learning-rate tensors (:class:`~fewshot_metaopt.optim.LearnedLR`: MAM
 Meta-SGD's per-parameter ones, MAML++'s per-step ones) report those tensors. Learned
 optimizers (LSTM, L2O) have no learning rate of their own; for them the report gives the
 effective lr of one inner step, ``mean|update| / mean|gradient|`` per tensor, measured while
-adapting to one episode.
+adapting to one episode. Warp-Grad models descend with a fixed lr whose gradients the warp
+layers precondition; for them the report gives the lr that would move each adapted tensor as
+far in the model with its warps removed (:func:`~fewshot_metaopt.warp.warp_effective_lr`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from ..learners import GradientMetaLearner
 from ..optim.learned_lr import LearnedLR
+from ..warp import warp_effective_lr
 from .atomic import atomic_writer
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -35,6 +38,14 @@ def effective_lrs(learner: GradientMetaLearner, episode: Any) -> dict[str, Tenso
     """Effective lr per tensor of the last inner step while adapting to ``episode``."""
     learner.adapt(episode)
     return {name: torch.tensor(value) for name, value in learner.get_learned_lr().items()}
+
+
+def warped_lrs(learner: GradientMetaLearner, episode: Any) -> dict[str, Tensor]:
+    """Per adapted tensor of a warped model, ``inner_lr * mean|warped grad| / mean|unwarped grad|``
+    on ``episode``'s support set at the meta-learned initialisation."""
+    config = learner.config
+    values = warp_effective_lr(learner.model, episode.to(learner.device), config.inner_lr, config.loss)
+    return {name: torch.tensor(value) for name, value in values.items()}
 
 
 def lr_rows(tensors: dict[str, Tensor]) -> list[dict[str, Any]]:

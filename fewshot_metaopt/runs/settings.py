@@ -9,13 +9,18 @@ so that a key that would be silently ignored is an error instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
+from ..learners.config import GradientMetaLearnerConfig, WARP_ALGORITHMS
 from ..optim.meta_optimizer import METHODS as META_OPTIMIZER_METHODS
+from ..warp.layers import WARP_INITS
 
 DATASETS = ("glyphs", "omniglot", "miniimagenet", "sinusoid")
-MODELS = ("conv4", "mlp")
+MODELS = ("conv4", "mlp", "warp_conv4", "warp_mlp")
+WARP_MODELS = ("warp_conv4", "warp_mlp")
+# The [learner] keys that only the Warp-Grad algorithms read.
+LEARNER_WARP_KEYS = ("warp_points", "warp_buffer_size")
 INNER_OPTIMIZERS = ("sgd", *META_OPTIMIZER_METHODS)
 SCHEDULES = ("constant", "cosine", "warmup", "cyclical")
 
@@ -108,22 +113,49 @@ class EpisodeSettings:
 @dataclass
 class ModelSettings:
     """``[model]``: ``conv4`` (Finn et al.; ``channels`` filters per layer, default 64) for
-    images, ``mlp`` (``hidden_layers`` widths, default ``[40, 40]``) for regression."""
+    images, ``mlp`` (``hidden_layers`` widths, default ``[40, 40]``) for regression, and their
+    Warp-Grad forms ``warp_conv4`` and ``warp_mlp`` (Flennerhag et al. 2020: a warp layer after
+    each hidden block, shaped by the ``warp_*`` keys; see :mod:`fewshot_metaopt.warp`)."""
 
     name: str = "conv4"
     channels: int | None = None
     hidden_layers: list[int] | None = None
+    warp_batch_norm: bool | None = None
+    warp_activation: bool | None = None
+    warp_residual: bool | None = None
+    warp_init: str | None = None
 
-    ONLY: ClassVar[dict[str, tuple[str, ...]]] = {"conv4": ("channels",), "mlp": ("hidden_layers",)}
+    WARP_KEYS: ClassVar[tuple[str, ...]] = ("warp_batch_norm", "warp_activation", "warp_residual", "warp_init")
+    ONLY: ClassVar[dict[str, tuple[str, ...]]] = {
+        "conv4": ("channels",),
+        "mlp": ("hidden_layers",),
+        "warp_conv4": ("channels", *WARP_KEYS),
+        "warp_mlp": ("hidden_layers", *WARP_KEYS),
+    }
 
     def __post_init__(self) -> None:
         _choose("model.name", self.name, MODELS)
         _at_least("model.channels", self.channels, 1)
         if self.hidden_layers is not None and (not self.hidden_layers or min(self.hidden_layers) < 1):
             raise SettingError("model.hidden_layers", f"model.hidden_layers must list positive widths, got {self.hidden_layers}")
+        if self.warp_init is not None:
+            _choose("model.warp_init", self.warp_init, WARP_INITS)
 
     def applicable(self) -> set[str]:
         return {"name", *self.ONLY[self.name]}
+
+    @property
+    def warped(self) -> bool:
+        return self.name in WARP_MODELS
+
+    @property
+    def family(self) -> str:
+        """``conv4`` or ``mlp``: the network the model is, with or without warp layers."""
+        return self.name.removeprefix("warp_")
+
+    def warp_options(self) -> dict:
+        """The warp-layer arguments this section sets (``batch_norm=...``, ``init=...``)."""
+        return {key.removeprefix("warp_"): getattr(self, key) for key in self.WARP_KEYS if getattr(self, key) is not None}
 
 
 @dataclass
@@ -131,10 +163,11 @@ class InnerOptimizerSettings:
     """``[inner_optimizer]``: the inner-loop update rule.
 
     ``sgd`` is the learner's own rule (MAML's fixed lr, Meta-SGD's learned one, as the
-    ``[learner]`` algorithm says). The learned optimizers (``meta_sgd``, ``lstm``, ``l2o``;
-    ``warp_grad`` once it exists) are :class:`~fewshot_metaopt.optim.MetaOptimizer` rules, meta-trained
-    with the initialisation; the other keys are the :class:`~fewshot_metaopt.optim.MetaOptimizerConfig`
-    fields that shape the rule (unset: that config's default).
+    ``[learner]`` algorithm says). The learned optimizers (``meta_sgd``, ``lstm``, ``l2o``) are
+    :class:`~fewshot_metaopt.optim.MetaOptimizer` rules, meta-trained with the initialisation;
+    the other keys are the :class:`~fewshot_metaopt.optim.MetaOptimizerConfig` fields that
+    shape the rule (unset: that config's default). ``warp_grad`` is a valid name that a task
+    refuses, pointing to the Warp-Grad learner algorithms (see ``task_config``).
     """
 
     method: str = "sgd"
@@ -259,6 +292,13 @@ class TopLevel:
 
     def applicable(self) -> set[str]:
         return {"name", "description", "seed"}
+
+
+def learner_applicable(config: GradientMetaLearnerConfig) -> set[str]:
+    """The ``[learner]`` keys ``config``'s algorithm reads: all but the Warp-Grad ones, which
+    only the Warp-Grad algorithms read."""
+    names = {f.name for f in fields(config)}
+    return names if config.algorithm in WARP_ALGORITHMS else names - set(LEARNER_WARP_KEYS)
 
 
 SECTIONS: dict[str, type] = {

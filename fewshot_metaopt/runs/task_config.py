@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..learners.config import GradientMetaLearnerConfig
+from ..learners.config import WARP_ALGORITHMS, GradientMetaLearnerConfig
 from ..optim.meta_optimizer import MetaOptimizerConfig
 from .errors import RunError
 from .schedule_factory import build_schedule
@@ -33,6 +33,7 @@ from .settings import (
     TopLevel,
     TrainSettings,
     ValidationSettings,
+    learner_applicable,
 )
 from .value_types import WrongType, coerce
 
@@ -49,11 +50,13 @@ SECTION_ORDER = (
 ALL_SECTIONS: dict[str, type] = {**SECTIONS, "learner": GradientMetaLearnerConfig}
 PATH_KEYS = ("data.root", "data.splits_dir", "data.cache_dir")
 REGRESSION = ("sinusoid",)
-# Methods the library has (or reserves) that no task file can set up yet, and why.
-UNSUPPORTED_RULES = {
-    "warp_grad": "inner_optimizer.method 'warp_grad' needs a model with warp layers interleaved with the "
-                 "adapted ones, which task files cannot describe yet; use sgd, meta_sgd, lstm or l2o",
-}
+# MetaOptimizer's warp_grad meta-trains the warp layers alone, outside any learner; in a run the
+# learner meta-trains the whole warped model, which is what its Warp-Grad algorithms do.
+WARP_GRAD_RULE = (
+    "inner_optimizer.method 'warp_grad' meta-trains warp layers alone; a run meta-learns a warped model with "
+    "learner.algorithm = \"warp_maml\" or \"warp_leap\", model.name = \"warp_conv4\" or \"warp_mlp\" and "
+    "inner_optimizer.method = \"sgd\""
+)
 
 
 @dataclass
@@ -124,9 +127,16 @@ class Origins:
         if key in self.keys:
             return self.keys[key]
         inside = [source for k, source in self.keys.items() if k.startswith(key + ".")]
-        # Overrides first: when a section's keys clash, the one just typed is the likelier culprit.
-        sources = list(dict.fromkeys(sorted(inside, key=lambda s: s == self.default)))
-        return " and ".join(sources) if sources else self.default
+        return self._joined(inside)
+
+    def of_all(self, *keys: str) -> str:
+        """The sources of keys that clash with each other (overrides first)."""
+        return self._joined([self.of(key) for key in keys])
+
+    def _joined(self, sources: list[str]) -> str:
+        # Overrides first: when keys clash, the one just typed is the likelier culprit.
+        ordered = list(dict.fromkeys(sorted(sources, key=lambda s: s == self.default)))
+        return " and ".join(ordered) if ordered else self.default
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -184,10 +194,10 @@ def _set(values: dict[str, Any], key: str, value: Any, source: str) -> None:
 
 
 def _applicable(settings: Any) -> set[str]:
-    """The keys ``settings`` reads; the learner's config reads every key it has."""
-    if hasattr(settings, "applicable"):
-        return settings.applicable()
-    return {f.name for f in fields(settings)}
+    """The keys ``settings`` reads (the learner's config is the library's and has no ``applicable``)."""
+    if isinstance(settings, GradientMetaLearnerConfig):
+        return learner_applicable(settings)
+    return settings.applicable()
 
 
 def _section(cls: type, prefix: str, given: Mapping[str, Any], origins: Origins):
@@ -227,6 +237,8 @@ def _why_not(settings: Any, prefix: str) -> str:
         return f"does not apply to model.name {settings.name!r}"
     if isinstance(settings, ScheduleSettings):
         return f"does not apply to meta_schedule.name {settings.name!r}"
+    if isinstance(settings, GradientMetaLearnerConfig):
+        return f"does not apply to learner.algorithm {settings.algorithm!r} (only to 'warp_maml' and 'warp_leap')"
     return f"does not apply to {prefix}method {getattr(settings, 'method', '')!r}"
 
 
@@ -236,15 +248,16 @@ def _cross_checks(task: TaskConfig, origins: Origins) -> None:
     def fail(key: str, message: str) -> None:
         raise RunError(f"{origins.of(key)}: {message}")
 
-    wanted = "mlp" if task.regression else "conv4"
-    if task.model.name != wanted:
+    family = "mlp" if task.regression else "conv4"
+    if task.model.family != family:
         kind = "a regression family" if task.regression else "an image data set"
         fail("model.name", f"model.name {task.model.name!r} does not fit data.dataset "
-                           f"{task.data.dataset!r} ({kind}); use {wanted!r}")
+                           f"{task.data.dataset!r} ({kind}); use {family!r} (or 'warp_{family}' for Warp-Grad)")
     if task.regression and task.ways != 1:
         fail("episodes.ways", f"episodes.ways must be 1 for the regression family {task.data.dataset!r}, got {task.ways}")
-    if task.inner_optimizer.method in UNSUPPORTED_RULES:
-        fail("inner_optimizer.method", UNSUPPORTED_RULES[task.inner_optimizer.method])
+    if task.inner_optimizer.method == "warp_grad":
+        fail("inner_optimizer.method", WARP_GRAD_RULE)
+    _warp_checks(task, origins)
     try:
         task.meta_optimizer_config()
     except ValueError as err:
@@ -253,6 +266,27 @@ def _cross_checks(task: TaskConfig, origins: Origins) -> None:
         build_schedule(task.meta_schedule, task.train.iterations)
     except ValueError as err:
         fail("meta_schedule", f"[meta_schedule] {err}")
+
+
+def _warp_checks(task: TaskConfig, origins: Origins) -> None:
+    """Warp-Grad algorithms and warped models come together, with the learner's own inner rule."""
+    algorithm, model, method = task.learner.algorithm, task.model, task.inner_optimizer.method
+    warp_algorithm = algorithm in WARP_ALGORITHMS
+    if warp_algorithm and not model.warped:
+        raise RunError(f"{origins.of_all('learner.algorithm', 'model.name')}: learner.algorithm {algorithm!r} "
+                       f"needs a model with warp layers: model.name 'warp_{model.family}', got {model.name!r}")
+    if model.warped and not warp_algorithm:
+        # Any other algorithm would adapt the warp layers in the inner loop like the rest of the
+        # net, so they would precondition nothing.
+        raise RunError(f"{origins.of_all('model.name', 'learner.algorithm')}: model.name {model.name!r} is "
+                       f"meta-learned by learner.algorithm 'warp_maml' or 'warp_leap', got {algorithm!r}; "
+                       f"with {algorithm!r} use model.name {model.family!r}")
+    if warp_algorithm and method != "sgd":
+        # Warp-Grad's inner loop is gradient descent that the warps precondition; a learned
+        # update rule on top has no place in its objective (and Leap would never train it).
+        raise RunError(f"{origins.of_all('learner.algorithm', 'inner_optimizer.method')}: learner.algorithm "
+                       f"{algorithm!r} runs gradient descent in the inner loop, so inner_optimizer.method must be "
+                       f"'sgd', got {method!r} (warp_maml learns inner lrs with learner.lr_granularity)")
 
 
 def build_task(values: Mapping[str, Any], origins: Origins) -> TaskConfig:
