@@ -148,3 +148,16 @@ def test_a_checkpoint_without_its_buffer_is_refused_in_one_line(warp_run, tmp_pa
     assert main(["evaluate", str(tmp_path / "stripped.pt")]) == 1
     assert "its weights do not fit the model its task describes (this state has no Warp-Grad replay buffer" in (
         error_line(capsys))
+
+
+def test_learned_inner_lrs_of_warp_maml_are_reported_as_learned(tmp_path, capsys):
+    task = write_task(tmp_path, WARP_MAML)
+    assert main(["train", str(task), "--out", str(tmp_path / "run"), "--set", "learner.lr_granularity=scalar",
+                 "--set", "train.iterations=1", "--set", "validation.every=0"]) == 0
+    capsys.readouterr()
+    assert main(["inspect-lr", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "inner learning rates of warp_maml, learned" in out
+    rows = _lr_rows(out)
+    assert list(rows) == warp_conv4(3, hidden=4, image_size=16).adapted_parameter_names()
+    assert len(set(rows.values())) == 1 and rows["layers.0.0.weight"] != 0.3  # one scalar, moved by one meta-step
