@@ -121,14 +121,14 @@ def assert_same_buffer(a, b) -> None:
 
 @pytest.mark.parametrize("text", [WARP_MAML, WARP_LEAP_SINE], ids=["warp_maml-conv4", "warp_leap-mlp"])
 def test_an_interrupted_warp_run_resumes_in_process_to_the_same_end(tmp_path, capsys, monkeypatch, text):
-    task = write_task(tmp_path, text.replace("iterations = 6", "iterations = 9"))
+    task = write_task(tmp_path, text)
     assert main(["train", str(task), "--out", str(tmp_path / "whole")]) == 0
 
     real, calls = GradientMetaLearner.meta_train_step, []
 
     def interrupted(self, episodes):
         calls.append(1)
-        if len(calls) == 6:  # past the checkpoint at iteration 4 and the validation at 3
+        if len(calls) == 6:  # in the last iteration: past the checkpoint at 4 and the validation at 3
             raise KeyboardInterrupt
         return real(self, episodes)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from ..learners.config import GradientMetaLearnerConfig, WARP_ALGORITHMS
+from ..learners.config import WARP_ALGORITHMS, GradientMetaLearnerConfig
 from ..optim.meta_optimizer import METHODS as META_OPTIMIZER_METHODS
 from ..warp.layers import WARP_INITS
 
@@ -155,7 +155,8 @@ class ModelSettings:
 
     def warp_options(self) -> dict:
         """The warp-layer arguments this section sets (``batch_norm=...``, ``init=...``)."""
-        return {key.removeprefix("warp_"): getattr(self, key) for key in self.WARP_KEYS if getattr(self, key) is not None}
+        return {key.removeprefix("warp_"): getattr(self, key)
+                for key in self.WARP_KEYS if getattr(self, key) is not None}
 
 
 @dataclass
