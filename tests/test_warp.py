@@ -388,3 +388,16 @@ def test_replay_buffer_state_round_trip_and_refusals():
     odd.add(TrajectoryPoint({"w": torch.zeros(1)}, AdamSlot(0, torch.zeros(1), torch.zeros(1)), 0, episode))
     with pytest.raises(ValueError, match="cannot save a rule state of type AdamSlot"):
         odd.state_dict()
+
+
+def test_warp_maml_with_a_learned_inner_rule_records_its_state_from_the_first_step():
+    model = warped_classifier()
+    shapes = {n: p.shape for n, p in model.named_parameters() if n in model.adapted_parameter_names()}
+    from fewshot_metaopt.optim import AdamRule
+
+    learner = GradientMetaLearner(model, GradientMetaLearnerConfig(algorithm="warp_maml", inner_steps=2, warp_points=4),
+                                  inner_optimizer=AdamRule(lr=0.05))
+    result = learner.meta_train_step(classification_episodes(2, (3,)))
+    assert math.isfinite(result.warp_loss) and len(learner.warp.buffer) == 4
+    first = next(p for p in learner.warp.buffer.sample(4) if p.step == 0)
+    assert set(first.rule_state) == set(shapes) and float(first.rule_state[next(iter(shapes))].m.abs().sum()) == 0

@@ -135,9 +135,13 @@ class WarpGradTrainer:
         self.buffer.load_state_dict(state["buffer"])
 
     def record_point(self, params: Params, rule_state: Any, step: int, episode: Episode) -> None:
-        """Store a point of a trajectory run elsewhere (e.g. the learner's higher inner loop)."""
-        self.buffer.add(TrajectoryPoint({n: params[n].detach() for n in self.adapted}, _detached(rule_state),
-                                        step, episode))
+        """Store a point of a trajectory run elsewhere (e.g. the learner's higher inner loop).
+        ``rule_state=None`` before the first step means "not created yet": the rule's initial
+        state is stored, which is what its first update would create."""
+        adapted = {n: params[n].detach() for n in self.adapted}
+        if rule_state is None:
+            rule_state = self.rule.init(adapted)
+        self.buffer.add(TrajectoryPoint(adapted, _detached(rule_state), step, episode))
 
     def accumulate_warp_gradient(self, inputs: List[Tensor], scale: float = 1.0) -> float:
         """Add ``scale * d J / d inputs`` to the inputs' ``.grad`` (``inputs``: the warp
