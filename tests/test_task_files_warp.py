@@ -113,6 +113,6 @@ def test_warp_keys_are_written_only_where_they_apply(tmp_path):
     path.write_text(WARP_CONV)
     values = load_task(path, ["model.warp_residual=true"]).to_dict()
     assert values["model"] == {"name": "warp_conv4", "channels": 4, "warp_residual": True}
-    assert (values["learner"]["warp_points"], values["learner"]["warp_buffer_size"]) == (16, 1000)
+    assert (values["learner"]["warp_points"], values["learner"]["warp_buffer_size"]) == (16, 100)
     plain = load_task(path, ["model.name=conv4", "learner.algorithm=maml"]).to_dict()["learner"]
     assert "warp_points" not in plain and "warp_buffer_size" not in plain

@@ -76,7 +76,7 @@ class GradientMetaLearnerConfig:
     skip_nonfinite_tasks: bool = False
     loss: str = "auto"
     warp_points: int = 16
-    warp_buffer_size: int = 1000
+    warp_buffer_size: int = 100
     engine: str = "auto"
     vmap_tasks: bool = False
     vmap_chunk_size: int | None = None

@@ -103,7 +103,7 @@ class MetaOptimizerConfig:
     meta_loss: str = "query"
     loss: str = "auto"
     rule_init: str = "descent"
-    warp_buffer_size: int = 1000
+    warp_buffer_size: int = 100
     warp_points: int = 16
     warp_init: str = "none"
 

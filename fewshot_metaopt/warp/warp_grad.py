@@ -84,7 +84,7 @@ class WarpGradTrainer:
         seed: of the buffer's sampling generator.
     """
 
-    def __init__(self, model: WarpedModel, rule: UpdateRule, buffer_size: int = 1000, points: int = 16,
+    def __init__(self, model: WarpedModel, rule: UpdateRule, buffer_size: int = 100, points: int = 16,
                  loss: str = "auto", step_batch: str = "support", eval_batch: str = "query", seed: int = 0) -> None:
         self.model = require_warped(model, "WarpGradTrainer")
         if points < 1:
