@@ -2,8 +2,8 @@
 
 The functional engine calls the network with every task's fast weights. For an
 ``nn.Sequential`` (nested ones included) each layer is turned into a functional op once, and
-on the CPU some ops take a faster form of the same function (each measured to win in
-``benchmarks/engine_speed.py``; see ``docs/engines.md``):
+on the CPU some ops take a faster form of the same function (each kept because it measured
+faster; ``docs/engines.md`` has the figures, and what was tried and dropped):
 
 * Activations are kept in channels_last memory order. Max pooling and batch norm run several
   times faster on it with the CPU kernels of ATen, and oneDNN convolutions take it natively.
