@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="omniglot-5w1s-b8,omniglot-5w1s-b8-fo",
                         help=f"comma-separated, or 'all': {', '.join(WORKLOADS)}")
-    parser.add_argument("--engines", default="all", help=f"comma-separated, or 'all': {', '.join(e.name for e in ENGINES)}")
+    parser.add_argument("--engines", default="all",
+                        help=f"comma-separated, or 'all': {', '.join(e.name for e in ENGINES)}")
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations per engine (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per engine first")
     parser.add_argument("--meta-batch", type=int, default=None, help="override every workload's meta-batch")

@@ -186,7 +186,8 @@ def test_vmapped_bad_input_is_named_before_vmap_runs():
     with pytest.raises(ValueError, match=r"task 0: support inputs of shape \(4, 5\) do not fit the model"):
         learner.meta_train_step(classification_episodes(2, (5,)))
     mixed = classification_episodes(1, (3,)) + classification_episodes(1, (3,), shots=3)
-    with pytest.raises(ValueError, match=r"same-shaped tasks together: task 1 has support_x of shape \(6, 3\), task 0 has \(4, 3\)"):
+    shapes = r"same-shaped tasks together: task 1 has support_x of shape \(6, 3\), task 0 has \(4, 3\)"
+    with pytest.raises(ValueError, match=shapes):
         learner.meta_train_step(mixed)
 
 
@@ -213,7 +214,8 @@ def test_allowed_unused_parameters_keep_their_values_in_both_engines(algorithm):
     for engine in ("higher", "func"):
         torch.manual_seed(0)
         model = Partly().double()
-        learner = GradientMetaLearner(model, GradientMetaLearnerConfig(algorithm=algorithm, engine=engine, allow_unused=True))
+        config = GradientMetaLearnerConfig(algorithm=algorithm, engine=engine, allow_unused=True)
+        learner = GradientMetaLearner(model, config)
         learner.accumulate_meta_gradient(classification_episodes(2, (3,)))
         assert model.unused.weight.grad is None
         grads[engine] = [model.used.weight.grad, model.used.bias.grad]
@@ -222,9 +224,8 @@ def test_allowed_unused_parameters_keep_their_values_in_both_engines(algorithm):
 
 def test_vmapped_regression_and_fixed_loss_kinds():
     g = torch.Generator().manual_seed(0)
-    episodes = [Episode(torch.randn(5, 1, generator=g, dtype=torch.float64), torch.randn(5, 1, generator=g, dtype=torch.float64),
-                        torch.randn(4, 1, generator=g, dtype=torch.float64), torch.randn(4, 1, generator=g, dtype=torch.float64))
-                for _ in range(3)]
+    points = lambda n: torch.randn(n, 1, generator=g, dtype=torch.float64)  # noqa: E731
+    episodes = [Episode(points(5), points(5), points(4), points(4)) for _ in range(3)]
 
     def regression(**settings):
         torch.manual_seed(0)
@@ -249,7 +250,8 @@ def test_adapted_model_behaves_like_highers():
     episode = classification_episodes(1, (1, 16, 16))[0]
     adapted = {}
     for engine in ("higher", "func"):
-        learner = GradientMetaLearner(tiny_conv4(), GradientMetaLearnerConfig(inner_lr=0.3, inner_steps=2, engine=engine))
+        config = GradientMetaLearnerConfig(inner_lr=0.3, inner_steps=2, engine=engine)
+        learner = GradientMetaLearner(tiny_conv4(), config)
         adapted[engine] = learner.adapt(episode)
     func, ref = adapted["func"], adapted["higher"]
     assert isinstance(func, AdaptedModel)
