@@ -113,6 +113,7 @@ class WarpedModel(nn.Module):
             raise ValueError(f"got {len(layers)} layers but {len(warp)} warp flags")
         self.layers = nn.ModuleList(layers)
         self.is_warp = tuple(bool(w) for w in warp)
+        self._bypass = False
         if not any(any(True for _ in m.parameters()) for m, w in zip(self.layers, self.is_warp) if not w):
             raise ValueError("the warped model has no task-adapted layer with parameters: nothing would adapt")
         if not any(self.is_warp):
@@ -172,9 +173,8 @@ class WarpedModel(nn.Module):
             self._bypass = False
 
     def forward(self, x: Tensor) -> Tensor:
-        bypass = getattr(self, "_bypass", False)
         for i, (layer, w) in enumerate(zip(self.layers, self.is_warp)):
-            if w and bypass:
+            if w and self._bypass:
                 continue
             try:
                 x = layer(x)
