@@ -36,6 +36,7 @@ from .config import WARP_ALGORITHMS, GradientMetaLearnerConfig
 from .vmapped_tasks import accumulate_vmapped_meta_gradient
 from .warp_maml import accumulate_warp_meta_gradient
 from .results import EvaluationResult, MetaTrainResult
+from .tally import MetaBatchTally
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -224,7 +225,7 @@ class GradientMetaLearner:
         mode = "first_order" if cfg.uses_first_order else "second_order"
         steps = cfg.inner_steps
         weights = self._step_weights(steps) if cfg.multi_step_loss else None
-        total_loss, correct, count, kept, skipped = 0.0, 0, 0, 0, 0
+        tally, skipped = MetaBatchTally(), 0
         for task, episode in enumerate(episodes):
             episode = episode.to(self.device)
             try:
@@ -239,24 +240,8 @@ class GradientMetaLearner:
             losses.append(final)
             objective = final if weights is None else sum(w * l for w, l in zip(weights.tolist(), losses))
             (objective / len(episodes)).backward()
-            kept += 1
-            total_loss += final.item()
-            if not episode.query_y.is_floating_point():
-                correct += int((output.argmax(-1) == episode.query_y).sum())
-                count += episode.query_y.numel()
-        if kept == 0:
-            raise FloatingPointError(f"all {len(episodes)} tasks had non-finite losses; nothing was updated")
-        if skipped:
-            for p in self.meta_parameters:
-                if p.grad is not None:
-                    p.grad.mul_(len(episodes) / kept)
-        return MetaTrainResult(
-            loss=total_loss / kept,
-            accuracy=correct / count if count else None,
-            grad_norm=math.nan,
-            tasks=kept,
-            skipped_tasks=skipped,
-        )
+            tally.add(final.item(), output, episode.query_y)
+        return tally.result(self.meta_parameters, len(episodes), skipped)
 
     def meta_train_step(self, episodes: Iterable[Episode]) -> MetaTrainResult:
         """One outer update from a meta-batch of episodes."""

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..episodes.episode import Episode
-from ..losses import task_loss
 from .results import MetaTrainResult
+from .tally import MetaBatchTally
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gradient_meta_learner import GradientMetaLearner
@@ -114,26 +114,10 @@ def accumulate_vmapped_meta_gradient(learner: "GradientMetaLearner", episodes: L
     weights = learner._step_weights(cfg.inner_steps) if cfg.multi_step_loss else None
     tasks = [(task, episode.to(learner.device)) for task, episode in enumerate(episodes)]
     size = cfg.vmap_chunk_size or len(tasks)
-    total_loss, correct, count, kept, skipped = 0.0, 0, 0, 0, 0
+    tally, skipped = MetaBatchTally(), 0
     for start in range(0, len(tasks), size):
         results, dropped = _differentiate_chunk(learner, tasks[start:start + size], weights, len(episodes))
         skipped += dropped
         for final, output, episode in results:
-            kept += 1
-            total_loss += final.item()
-            if not episode.query_y.is_floating_point():
-                correct += int((output.argmax(-1) == episode.query_y).sum())
-                count += episode.query_y.numel()
-    if kept == 0:
-        raise FloatingPointError(f"all {len(episodes)} tasks had non-finite losses; nothing was updated")
-    if skipped:
-        for p in learner.meta_parameters:
-            if p.grad is not None:
-                p.grad.mul_(len(episodes) / kept)
-    return MetaTrainResult(
-        loss=total_loss / kept,
-        accuracy=correct / count if count else None,
-        grad_norm=float("nan"),
-        tasks=kept,
-        skipped_tasks=skipped,
-    )
+            tally.add(final.item(), output, episode.query_y)
+    return tally.result(learner.meta_parameters, len(episodes), skipped)
