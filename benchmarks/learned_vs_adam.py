@@ -27,6 +27,11 @@ Protocol (the Phase 50.4 spec's measurements 1 and 2):
 Architectures: conv4-16 (meta-training), and unseen: an MLP (784-128-64), a wider conv4-32 and
 a small residual conv net. Without ``../shared/data/omniglot`` the script falls back to the
 embedded Glyphs data set (train vs test characters).
+
+The run is long on a CPU. With ``--work DIR`` every finished piece (a tuned Adam lr, a
+meta-trained rule, a held-out curve) is kept in DIR under a name that carries the settings, so
+an interrupted run resumes where it stopped, and shards started side by side with disjoint
+``--rules`` share the tuning; the last invocation over all rules prints the whole table.
 """
 
 from __future__ import annotations
@@ -143,15 +148,82 @@ def tune_adam(arch: str, tasks, steps: int, target: float) -> tuple[float, Dict[
     return min(scores, key=lambda lr: scores[lr]), scores
 
 
+class Work:
+    """Finished pieces of a run, kept under names that carry every setting they depend on."""
+
+    def __init__(self, root: str | None, args) -> None:
+        self.root = Path(root) if root else None
+        keys = ("data_root", "ways", "shots", "steps", "target", "tune_tasks", "seed")
+        self.tag = "-".join(str(getattr(args, key)) for key in keys[1:])
+        self.meta_tag = self.tag + f"-{args.unroll}-{args.meta_iterations}-{args.meta_batch}-{args.meta_lr:g}" \
+            f"-{args.validate_every}-{args.validation_tasks}"
+        self.test_tag = f"{args.test_tasks}"
+        if self.root:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, kind: str, name: str, tag: str) -> Path | None:
+        slug = "".join(c if c.isalnum() else "_" for c in name)
+        return self.root / f"{kind}-{slug}-{tag}.{'pt' if kind == 'rule' else 'json'}" if self.root else None
+
+    def load_json(self, path: Path | None):
+        return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+    def save_json(self, path: Path | None, value) -> None:
+        if path is not None:
+            partial = path.with_suffix(".partial")
+            partial.write_text(json.dumps(value))
+            partial.replace(path)
+
+
+def tuned_adam(arch: str, tune, args, work: Work) -> float:
+    path = work.path("adam", arch, work.tag)
+    cached = work.load_json(path)
+    if cached is None:
+        lr, scores = tune_adam(arch, tune, args.steps, args.target)
+        cached = {"lr": lr, "scores": [[k, *v] for k, v in scores.items()]}
+        work.save_json(path, cached)
+    print(f"Adam on {arch}: tuned lr {cached['lr']:g} (steps to target, final loss by lr: "
+          + ", ".join(f"{lr:g}: {k}, {v:.3g}" for lr, k, v in cached["scores"]) + ")", flush=True)
+    return cached["lr"]
+
+
+def rule_config(spec: dict, lr: float, args) -> MetaOptimizerConfig:
+    return MetaOptimizerConfig(
+        **spec, inner_lr=lr, inner_steps=args.steps, unroll_steps=args.unroll, meta_lr=args.meta_lr,
+        meta_loss="support", gradient_clipping=1.0,
+    )
+
+
+def trained_rule(name: str, lr: float, sampler, validation, args, work: Work) -> tuple[UpdateRule, list]:
+    path = work.path("rule", name, work.meta_tag)
+    if path is not None and path.exists():
+        saved = torch.load(path, weights_only=True)
+        rule = MetaOptimizer(ARCHITECTURES["conv4-16"](args.ways), rule_config(RULES[name], lr, args)).rule
+        rule.load_state_dict(saved["rule"])
+        print(f"  {name}: meta-trained rule loaded from {path}", flush=True)
+        return rule, saved["log"]
+    rule, log = meta_train(name, RULES[name], lr, sampler, validation, args)
+    if path is not None:
+        torch.save({"rule": rule.state_dict(), "log": log}, path.with_suffix(".partial"))
+        path.with_suffix(".partial").replace(path)
+    return rule, log
+
+
+def held_out_curve(arch: str, name: str, rule: UpdateRule, test, args, work: Work) -> List[float]:
+    tag = (work.tag if name == "adam (tuned)" else work.meta_tag) + "-" + work.test_tag
+    path = work.path("curve", f"{arch}-{name}", tag)
+    curve = work.load_json(path)
+    if curve is None:
+        curve = mean_curve(arch, test, rule, args.steps)
+        work.save_json(path, curve)
+    return curve
+
+
 def meta_train(name: str, spec: dict, lr: float, sampler, validation, args) -> tuple[UpdateRule, list]:
     arch = "conv4-16"
     torch.manual_seed(args.seed)
     model = ARCHITECTURES[arch](args.ways)
-    config = MetaOptimizerConfig(
-        **spec, inner_lr=lr, inner_steps=args.steps, unroll_steps=args.unroll, meta_lr=args.meta_lr,
-        meta_loss="support", gradient_clipping=1.0,
-    )
-    mo = MetaOptimizer(model, config)
+    mo = MetaOptimizer(model, rule_config(spec, lr, args))
     score = lambda: sum(mean_curve(arch, validation, mo.rule, args.steps)) / (args.steps + 1)  # noqa: E731
     best, best_rule = score(), copy.deepcopy(mo.rule)
     log = [(0, best)]
@@ -193,6 +265,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--work", default=None, help="keep finished pieces here and resume from them")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,20 +277,20 @@ def main() -> None:
     print(f"{data_name}: {args.ways}-way, {args.shots} images per class, {args.steps} steps per task, "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
 
-    tuned = {}
-    for arch in args.architectures:
-        tuned[arch], scores = tune_adam(arch, tune, args.steps, args.target)
-        print(f"Adam on {arch}: tuned lr {tuned[arch]:g} (steps to target, final loss by lr: "
-              + ", ".join(f"{lr:g}: {k}, {v:.3g}" for lr, (k, v) in scores.items()) + ")", flush=True)
-
+    work = Work(args.work, args)
+    # conv4-16 first: the rules start at its tuned lr; the other architectures are tuned just
+    # before their held-out runs, so a shard that only meta-trains reaches its work sooner.
+    tuned = {"conv4-16": tuned_adam("conv4-16", tune, args, work)}
     rules, logs = {}, {}
     for name in args.rules:
-        rules[name], logs[name] = meta_train(name, RULES[name], tuned["conv4-16"], seen, validation, args)
+        rules[name], logs[name] = trained_rule(name, tuned["conv4-16"], seen, validation, args, work)
 
     results = {"data": data_name, "args": vars(args), "adam_lr": tuned, "meta_training": logs, "held_out": {}}
     quarter, half = args.steps // 4, args.steps // 2
     for arch in args.architectures:
-        adam = mean_curve(arch, test, AdamRule(lr=tuned[arch]), args.steps)
+        if arch not in tuned:
+            tuned[arch] = tuned_adam(arch, tune, args, work)
+        adam = held_out_curve(arch, "adam (tuned)", AdamRule(lr=tuned[arch]), test, args, work)
         target = args.target
         reference = steps_to(adam, target)
         print(f"\nheld-out tasks, {arch} ({'meta-trained on it' if arch == 'conv4-16' else 'unseen'}); "
@@ -226,7 +299,7 @@ def main() -> None:
               f"{'steps to target':>16} {'speed-up':>9}")
         rows = {}
         for name, rule in [("adam (tuned)", AdamRule(lr=tuned[arch])), *rules.items()]:
-            curve = adam if name == "adam (tuned)" else mean_curve(arch, test, rule, args.steps)
+            curve = adam if name == "adam (tuned)" else held_out_curve(arch, name, rule, test, args, work)
             reached = steps_to(curve, target)
             speedup = None if reached is None or reference is None else reference / max(reached, 1)
             rows[name] = {"curve": curve, "steps_to_target": reached, "speedup": speedup}
