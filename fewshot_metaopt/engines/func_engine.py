@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..optim.rules.base import UpdateRule
+from ..optim.rules.loss_feature import with_loss
 from .functional_model import Forward, functional_forward
 
 MODES = ("second_order", "first_order", "eval")
@@ -123,12 +124,13 @@ class FuncEngine:
         for step in range(steps):
             if evaluating:
                 params = {n: p.detach().requires_grad_(n in adapted) for n, p in params.items()}
-            grads = self._grads(support_loss(self.adapted_model(params), step), params, mode, allow_unused)
+            loss = support_loss(self.adapted_model(params), step)
+            grads = self._grads(loss, params, mode, allow_unused)
             with torch.no_grad() if evaluating else nullcontext():
                 current = {n: params[n] for n in self.adapted}
                 if state is None:
                     state = self.rule.init(current)
-                new, state = self.rule.update(current, grads, state, step)
+                new, state = self.rule.update(current, grads, with_loss(state, loss), step)
             params.update(new)
             if query_loss is not None and step < steps - 1:
                 query_losses.append(query_loss(self.adapted_model(params)))
@@ -176,7 +178,7 @@ class FuncEngine:
                     grads = {n: g.detach() for n, g in grads.items()}
                 if state is None:
                     state = self.rule.init(current)
-                new, state = self.rule.update(current, grads, state, step)
+                new, state = self.rule.update(current, grads, with_loss(state, value), step)
                 params = {**params, **new}
                 support_values.append(value)
                 if per_step_query and step < steps - 1:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..optim.rules.base import UpdateRule
+from ..optim.rules.loss_feature import with_loss
 
 
 class RuleOptimizer(torch.optim.Optimizer):
@@ -41,7 +42,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         grads = {n: p.grad for n, p in params.items() if p.grad is not None}
         if self.rule_state is None:
             self.rule_state = self.rule.init(params)
-        new, self.rule_state = self.rule.update(params, grads, self.rule_state, self.step_count)
+        state = self.rule_state if loss is None else with_loss(self.rule_state, loss)
+        new, self.rule_state = self.rule.update(params, grads, state, self.step_count)
         for name, p in params.items():
             p.copy_(new[name])
         self.step_count += 1
@@ -57,13 +59,23 @@ class DifferentiableRuleOptimizer(higher.optim.DifferentiableOptimizer):
         self.names = [g["name"] for g in other.param_groups]
         self.rule_state: Any = None
         self.step_count = 0
+        self._loss: Tensor | None = None
+
+    def step(self, loss: Tensor, *args, **kwargs):
+        # higher hands ``_update`` the gradients only; rules that read the loss get it here.
+        self._loss = loss
+        try:
+            return super().step(loss, *args, **kwargs)
+        finally:
+            self._loss = None
 
     def _update(self, grouped_grads, **kwargs) -> None:
         params = {name: group["params"][0] for name, group in zip(self.names, self.param_groups)}
         grads = {name: g[0] for name, g in zip(self.names, grouped_grads) if g[0] is not None}
         if self.rule_state is None:
             self.rule_state = self.rule.init(params)
-        new, self.rule_state = self.rule.update(params, grads, self.rule_state, self.step_count)
+        state = self.rule_state if self._loss is None else with_loss(self.rule_state, self._loss)
+        new, self.rule_state = self.rule.update(params, grads, state, self.step_count)
         for name, group in zip(self.names, self.param_groups):
             group["params"][0] = new[name]
         self.step_count += 1

@@ -35,6 +35,7 @@ from ..losses import LOSSES, task_loss
 from .learned_lr import learned_lr_of
 from .rules.base import Params, UpdateRule
 from .rules.l2o import L2ORule
+from .rules.loss_feature import with_loss
 from .rules.lstm_scalable import LSTM_VARIANTS, lstm_rule
 from .rules.preprocess import RULE_INITS
 from .rules.sgd import SGDRule
@@ -364,7 +365,7 @@ class MetaOptimizer(UpdateRule):
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=cfg.second_order,
                                         retain_graph=True, allow_unused=True)
             grads = {n: g for n, g in zip(names, grads) if g is not None}
-            params, state = self.rule.update(params, grads, state, step)
+            params, state = self.rule.update(params, grads, with_loss(state, loss), step)
             meta = task_loss(functional_call(model, params, (meta_x,)), meta_y, cfg.loss, f"task {task}: {cfg.meta_loss}")
             window_loss = window_loss + meta
         return params, state, window_loss

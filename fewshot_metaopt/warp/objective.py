@@ -20,7 +20,7 @@ the initialisation moves along the trajectories it starts, each segment normalis
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,7 @@ from torch.func import functional_call
 
 from ..losses import task_loss
 from ..optim.rules.base import UpdateRule
+from ..optim.rules.loss_feature import with_loss
 from .replay import TrajectoryPoint
 
 BATCHES = ("support", "query")
@@ -48,7 +49,7 @@ def warp_step_loss(model: nn.Module, rule: UpdateRule, point: TrajectoryPoint, l
     inner = task_loss(functional_call(model, {**fixed, **theta}, (x1,)), y1, loss, "warp objective: step batch")
     names = list(theta)
     grads = torch.autograd.grad(inner, [theta[n] for n in names], create_graph=True)
-    stepped, _ = rule.update(theta, dict(zip(names, grads)), point.rule_state, point.step)
+    stepped, _ = rule.update(theta, dict(zip(names, grads)), with_loss(point.rule_state, inner), point.step)
     x2, y2 = _batch(point, eval_batch)
     return task_loss(functional_call(model, {**fixed, **stepped}, (x2,)), y2, loss, "warp objective: eval batch")
 

@@ -26,6 +26,7 @@ from ..episodes.episode import Episode
 from ..losses import task_loss
 from ..optim.tree import detached_tree as _detached
 from ..optim.rules.base import Params, UpdateRule
+from ..optim.rules.loss_feature import with_loss
 from .layers import WarpedModel
 from .objective import BATCHES, warp_meta_loss
 from .replay import ReplayBuffer, TrajectoryPoint
@@ -116,7 +117,7 @@ class WarpGradTrainer:
                 raise FloatingPointError(f"{where}: loss is {loss.item()}; lower the inner lr")
             grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
             with torch.no_grad():
-                params, state = self.rule.update(live, grads, state, step)
+                params, state = self.rule.update(live, grads, with_loss(state, loss), step)
             params = {n: p.detach() for n, p in params.items()}
             trajectory.append(params)
         with torch.no_grad():

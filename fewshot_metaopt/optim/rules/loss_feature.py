@@ -3,8 +3,10 @@
 The update-rule contract passes parameters and gradients, not the loss; rules whose features
 read the loss (the combiner and the tape rule) keep a ``loss`` field in their state, which a
 driver fills with :func:`with_loss` just before ``update`` and the rule clears after reading.
-A driver that never fills it (the learners' inner loop) gets a loss feature of 0, the same at
-meta-training and at use, so the rule stays consistent within each setting.
+Every driver of the library fills it (both engines of the learners' inner loop,
+``MetaOptimizer.meta_train_step``, the Warp-Grad trajectories and objective, the seed
+optimizers); one that does not (``compute_update``, whose spec signature has no loss) gets a
+loss feature of 0.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ hyperparameters and meta-training starts from that baseline; the seed used torch
 initialisation, which starts at a random learning rate anywhere in the range.
 
 The loss enters only as a feature: drivers attach it with
-:func:`~fewshot_metaopt.optim.rules.loss_feature.with_loss`; the learners' inner loop does
-not, and there the feature reads 0. Out of place throughout; the gradients enter with their
+:func:`~fewshot_metaopt.optim.rules.loss_feature.with_loss` (the learners' engines attach the
+support loss of each inner step). Out of place throughout; the gradients enter with their
 graph, so the driver decides first or second order.
 """
 
