@@ -1,0 +1,50 @@
+"""The long benchmark scripts still run end to end at toy sizes, and ``learned_vs_adam --work``
+resumes: a second run loads every piece and prints the same table."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
+
+
+def run_script(*args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def table(output: str) -> list[str]:
+    return [line for line in output.splitlines() if not line.startswith(("  ", "total"))]
+
+
+def test_learned_vs_adam_resumes_from_its_work_folder(tmp_path):
+    args = ["benchmarks/learned_vs_adam.py", "--threads", "1", "--data-root", str(tmp_path / "absent"),
+            "--ways", "3", "--shots", "2", "--steps", "3", "--unroll", "2", "--meta-iterations", "1",
+            "--validate-every", "1", "--validation-tasks", "1", "--test-tasks", "1", "--tune-tasks", "1",
+            "--architectures", "conv4-16", "mlp 784-128-64", "--work", str(tmp_path / "work")]
+    first = run_script(*args)
+    assert "Glyphs (Omniglot not found)" in first and "meta-step 1" in first
+    pieces = sorted(p.name.split("-")[0] for p in (tmp_path / "work").iterdir())
+    assert pieces.count("rule") == 3 and pieces.count("adam") == 2 and pieces.count("curve") == 8
+    # Curves of the rules are recomputed from the reloaded rules: the table must not change.
+    for curve in (tmp_path / "work").glob("curve-conv4_16_l*"):
+        curve.unlink()
+    second = run_script(*args)
+    assert "meta-trained rule loaded" in second and "meta-step 1" not in second
+    assert table(second) == table(first)
+
+
+@pytest.mark.skipif(not (OMNIGLOT / "images_background.zip").exists() and not (OMNIGLOT / "images_background").is_dir(),
+                    reason="needs Omniglot in ../shared/data/omniglot")
+def test_warp_grad_long_adaptation_setting_runs_its_baselines():
+    out = run_script("benchmarks/warp_grad.py", "accuracy", "--setting", "20w-long", "--algorithms", "none", "fomaml",
+                     "--iterations", "1", "--meta-batch", "1", "--width", "4", "--test-episodes", "1", "--threads", "1")
+    lines = out.splitlines()
+    assert lines[0].startswith("none") and "after 0 iterations" in lines[0]
+    assert lines[1].startswith("fomaml") and "after 1 iterations x 1 tasks" in lines[1]
