@@ -153,8 +153,8 @@ class Work:
 
     def __init__(self, root: str | None, args) -> None:
         self.root = Path(root) if root else None
-        keys = ("data_root", "ways", "shots", "steps", "target", "tune_tasks", "seed")
-        self.tag = "-".join(str(getattr(args, key)) for key in keys[1:])
+        keys = ("ways", "shots", "steps", "target", "tune_tasks", "seed")
+        self.tag = "-".join(str(getattr(args, key)) for key in keys)
         self.meta_tag = self.tag + f"-{args.unroll}-{args.meta_iterations}-{args.meta_batch}-{args.meta_lr:g}" \
             f"-{args.validate_every}-{args.validation_tasks}"
         self.test_tag = f"{args.test_tasks}"

@@ -53,6 +53,26 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert (ra["mean"], ra["ci95"], ra["checkpoint_iteration"]) == (rb["mean"], rb["ci95"], rb["checkpoint_iteration"])
 
 
+def train_whole_and_interrupted_then_resumed(task: Path, tmp_path: Path, monkeypatch) -> None:
+    """Train ``task`` into ``whole``; train it into ``cut`` with a Ctrl-C in the 6th iteration
+    (past the checkpoint at iteration 4 and the validation at 3), then resume ``cut``."""
+    assert main(["train", str(task), "--out", str(tmp_path / "whole")]) == 0
+
+    real, calls = GradientMetaLearner.meta_train_step, []
+
+    def interrupted(self, episodes):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(self, episodes)
+
+    monkeypatch.setattr(GradientMetaLearner, "meta_train_step", interrupted)
+    assert main(["train", str(task), "--out", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(GradientMetaLearner, "meta_train_step", real)
+    assert torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["iteration"] == 4
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+
+
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     task = write_task(tmp_path, KILL_TASK)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -84,21 +104,7 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 
 def test_an_interrupted_run_resumes_in_process_to_the_same_end(tmp_path, capsys, monkeypatch):
     task = write_task(tmp_path, TINY_TASK.replace("iterations = 6", "iterations = 9") + '[meta_schedule]\nname = "cosine"\n')
-    assert main(["train", str(task), "--out", str(tmp_path / "whole")]) == 0
-
-    real, calls = GradientMetaLearner.meta_train_step, []
-
-    def interrupted(self, episodes):
-        calls.append(1)
-        if len(calls) == 6:  # past the checkpoint at iteration 4 and the validation at 3
-            raise KeyboardInterrupt
-        return real(self, episodes)
-
-    monkeypatch.setattr(GradientMetaLearner, "meta_train_step", interrupted)
-    assert main(["train", str(task), "--out", str(tmp_path / "cut")]) == 130
-    monkeypatch.setattr(GradientMetaLearner, "meta_train_step", real)
-    assert torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["iteration"] == 4
-    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+    train_whole_and_interrupted_then_resumed(task, tmp_path, monkeypatch)
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
     results = json.loads((tmp_path / "cut/results.json").read_text())
     assert results["resumed"] == [f"fewshot-metaopt train --resume {tmp_path / 'cut'}"]

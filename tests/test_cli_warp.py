@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from fewshot_metaopt.cli import main
-from fewshot_metaopt.learners import GradientMetaLearner
 from fewshot_metaopt.runs.checkpoint import load_checkpoint
 from fewshot_metaopt.warp import warp_conv4
 from test_cli import TINY_TASK, error_line, write_task
-from test_cli_resume import assert_same_run
+from test_cli_resume import (assert_same_run,
+                             train_whole_and_interrupted_then_resumed)
 
 WARP_MAML = (TINY_TASK.replace('name = "conv4"', 'name = "warp_conv4"')
              .replace('algorithm = "meta_sgd"', 'algorithm = "warp_maml"\nwarp_points = 2\nwarp_buffer_size = 3'))
@@ -99,13 +99,19 @@ def test_inspect_lr_shows_how_the_trained_warps_rescale_the_inner_lr(warp_run, t
     assert (tmp_path / "lr.png").stat().st_size > 0
 
 
-def test_untrained_identity_warps_leave_the_inner_lr_as_it_is(tmp_path, capsys):
+def inspect_lr_after_one_iteration(tmp_path, capsys, setting: str) -> str:
+    """``inspect-lr``'s output for the Warp-MAML task trained one iteration with ``setting``."""
     task = write_task(tmp_path, WARP_MAML)
-    assert main(["train", str(task), "--out", str(tmp_path / "run"), "--set", "learner.meta_lr=0",
+    assert main(["train", str(task), "--out", str(tmp_path / "run"), "--set", setting,
                  "--set", "train.iterations=1", "--set", "validation.every=0"]) == 0
     capsys.readouterr()
     assert main(["inspect-lr", str(tmp_path / "run")]) == 0
-    assert set(_lr_rows(capsys.readouterr().out).values()) == {0.3}
+    return capsys.readouterr().out
+
+
+def test_untrained_identity_warps_leave_the_inner_lr_as_it_is(tmp_path, capsys):
+    out = inspect_lr_after_one_iteration(tmp_path, capsys, "learner.meta_lr=0")
+    assert set(_lr_rows(out).values()) == {0.3}
 
 
 def assert_same_buffer(a, b) -> None:
@@ -121,22 +127,7 @@ def assert_same_buffer(a, b) -> None:
 
 @pytest.mark.parametrize("text", [WARP_MAML, WARP_LEAP_SINE], ids=["warp_maml-conv4", "warp_leap-mlp"])
 def test_an_interrupted_warp_run_resumes_in_process_to_the_same_end(tmp_path, capsys, monkeypatch, text):
-    task = write_task(tmp_path, text)
-    assert main(["train", str(task), "--out", str(tmp_path / "whole")]) == 0
-
-    real, calls = GradientMetaLearner.meta_train_step, []
-
-    def interrupted(self, episodes):
-        calls.append(1)
-        if len(calls) == 6:  # in the last iteration: past the checkpoint at 4 and the validation at 3
-            raise KeyboardInterrupt
-        return real(self, episodes)
-
-    monkeypatch.setattr(GradientMetaLearner, "meta_train_step", interrupted)
-    assert main(["train", str(task), "--out", str(tmp_path / "cut")]) == 130
-    monkeypatch.setattr(GradientMetaLearner, "meta_train_step", real)
-    assert torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["iteration"] == 4
-    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+    train_whole_and_interrupted_then_resumed(write_task(tmp_path, text), tmp_path, monkeypatch)
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
     assert_same_buffer(tmp_path / "whole", tmp_path / "cut")
 
@@ -151,12 +142,7 @@ def test_a_checkpoint_without_its_buffer_is_refused_in_one_line(warp_run, tmp_pa
 
 
 def test_learned_inner_lrs_of_warp_maml_are_reported_as_learned(tmp_path, capsys):
-    task = write_task(tmp_path, WARP_MAML)
-    assert main(["train", str(task), "--out", str(tmp_path / "run"), "--set", "learner.lr_granularity=scalar",
-                 "--set", "train.iterations=1", "--set", "validation.every=0"]) == 0
-    capsys.readouterr()
-    assert main(["inspect-lr", str(tmp_path / "run")]) == 0
-    out = capsys.readouterr().out
+    out = inspect_lr_after_one_iteration(tmp_path, capsys, "learner.lr_granularity=scalar")
     assert "inner learning rates of warp_maml, learned" in out
     rows = _lr_rows(out)
     assert list(rows) == warp_conv4(3, hidden=4, image_size=16).adapted_parameter_names()

@@ -42,8 +42,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         grads = {n: p.grad for n, p in params.items() if p.grad is not None}
         if self.rule_state is None:
             self.rule_state = self.rule.init(params)
-        state = self.rule_state if loss is None else with_loss(self.rule_state, loss)
-        new, self.rule_state = self.rule.update(params, grads, state, self.step_count)
+        new, self.rule_state = self.rule.update(params, grads, with_loss(self.rule_state, loss), self.step_count)
         for name, p in params.items():
             p.copy_(new[name])
         self.step_count += 1
@@ -74,8 +73,7 @@ class DifferentiableRuleOptimizer(higher.optim.DifferentiableOptimizer):
         grads = {name: g[0] for name, g in zip(self.names, grouped_grads) if g[0] is not None}
         if self.rule_state is None:
             self.rule_state = self.rule.init(params)
-        state = self.rule_state if self._loss is None else with_loss(self.rule_state, self._loss)
-        new, self.rule_state = self.rule.update(params, grads, state, self.step_count)
+        new, self.rule_state = self.rule.update(params, grads, with_loss(self.rule_state, self._loss), self.step_count)
         for name, group in zip(self.names, self.param_groups):
             group["params"][0] = new[name]
         self.step_count += 1

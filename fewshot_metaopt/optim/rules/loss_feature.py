@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 
-def with_loss(state: Any, loss: Tensor) -> Any:
+def with_loss(state: Any, loss: Tensor | None) -> Any:
     """``state`` with ``loss`` (detached) attached, if the state has a ``loss`` field; other
-    rules' states come back unchanged, so a generic loop may call this for any rule."""
-    if hasattr(state, "_replace") and "loss" in getattr(state, "_fields", ()):
+    rules' states, and any state when ``loss`` is None, come back unchanged, so a generic loop
+    may call this for any rule."""
+    if loss is not None and hasattr(state, "_replace") and "loss" in getattr(state, "_fields", ()):
         return state._replace(loss=loss.detach())
     return state
 
