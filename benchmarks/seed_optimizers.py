@@ -39,15 +39,9 @@ from torch import nn
 
 from fewshot_metaopt.datasets import Glyphs, Sinusoid
 from fewshot_metaopt.models import mlp
-from fewshot_metaopt.optim import (
-    AdaptiveSGDWithTape,
-    ControlMetaOptimizer,
-    EpisodeTasks,
-    MetaNNCombiner,
-    QuadraticTasks,
-    TapeSGDRule,
-    meta_train_on_tasks,
-)
+from fewshot_metaopt.torch_optim import AdaptiveSGDWithTape, ControlMetaOptimizer, MetaNNCombiner
+from fewshot_metaopt.meta_training import EpisodeTasks, QuadraticTasks, meta_train_on_tasks
+from fewshot_metaopt.optim import TapeSGDRule
 
 SGD_GRID = [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]
 ADAM_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1]

@@ -17,7 +17,7 @@ from .learners import (
     ModelAgnosticMetaLearning,
     train_maml,
 )
-from .optim import MetaOptimizer, MetaOptimizerConfig, MetaOptTrainResult, OptimizerState
+from .meta_training import MetaOptimizer, MetaOptimizerConfig, MetaOptTrainResult, OptimizerState
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,8 @@ from torch import nn
 from torch.func import functional_call
 
 from fewshot_metaopt import GradientMetaLearner, GradientMetaLearnerConfig
-from fewshot_metaopt.optim import ControlMetaOptimizer, ControlRule
+from fewshot_metaopt.torch_optim import ControlMetaOptimizer
+from fewshot_metaopt.optim import ControlRule
 from learner_fixtures import classification_episodes, tiny_mlp
 from test_meta_gradients import autograd_meta_gradient, finite_difference
 from test_meta_nn import regression

@@ -137,7 +137,7 @@ def test_custom_rule_without_learned_lrs():
         def init(self, params):
             return None
 
-        def update(self, params, grads, state, step):
+        def update(self, params, grads, state, step, loss=None):
             return {n: p - 0.1 * grads[n] if n in grads else p for n, p in params.items()}, state
 
         def get_learned_lr(self):
@@ -154,12 +154,12 @@ def test_multi_step_weights_anneal_to_the_last_step():
     learner = GradientMetaLearner(
         tiny_mlp(), GradientMetaLearnerConfig(inner_steps=4, multi_step_loss=True, multi_step_anneal_iters=10)
     )
-    assert learner._step_weights(4).tolist() == [0.25] * 4
+    assert learner.step_weights(4).tolist() == [0.25] * 4
     learner.iteration = 5
-    assert learner._step_weights(4).tolist() == pytest.approx([0.125, 0.125, 0.125, 0.625])
+    assert learner.step_weights(4).tolist() == pytest.approx([0.125, 0.125, 0.125, 0.625])
     learner.iteration = 50
-    assert learner._step_weights(4).tolist() == [0.0, 0.0, 0.0, 1.0]
-    assert learner._step_weights(1).tolist() == [1.0]
+    assert learner.step_weights(4).tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert learner.step_weights(1).tolist() == [1.0]
     learner.meta_train_step(classification_episodes(2, (3,)))
 
 

@@ -133,7 +133,7 @@ def test_multi_step_loss_gradient_matches_finite_differences():
         model, GradientMetaLearnerConfig(inner_lr=0.3, inner_steps=3, multi_step_loss=True)
     )
     episodes = classification_episodes(1, (3,))
-    weights = learner._step_weights(3).tolist()
+    weights = learner.step_weights(3).tolist()
 
     def multi_objective() -> float:
         ep = episodes[0]

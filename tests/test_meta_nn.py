@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fewshot_metaopt.optim import AdamRule, CombinerRule, MetaNNCombiner, SGDRule
-from fewshot_metaopt.optim.named_optimizer import named_tensors
-from fewshot_metaopt.optim.rules.loss_feature import loss_feature, with_loss
+from fewshot_metaopt.optim import AdamRule, CombinerRule, SGDRule
+from fewshot_metaopt.torch_optim import MetaNNCombiner
+from fewshot_metaopt.torch_optim.rule_optimizer import named_tensors
+from fewshot_metaopt.optim.rules.loss_feature import loss_feature
 from test_meta_gradients import central_differences
 
 
@@ -72,7 +73,7 @@ def test_meta_gradient_is_the_derivative_of_the_loss_after_the_update():
 
     def objective() -> float:
         with torch.no_grad():
-            new, _ = rule.update(theta, grads, with_loss(state, loss), 2)
+            new, _ = rule.update(theta, grads, state, 2, loss=loss)
             return float(F.mse_loss(functional_call(model, new, (x,)), y))
 
     tensors = list(rule.parameters())
@@ -328,4 +329,3 @@ def test_loss_feature_helpers():
     like = torch.zeros(2, dtype=torch.float64)
     assert float(loss_feature(None, like)) == 0.0
     assert float(loss_feature(torch.tensor(-math.e + 1), like)) == pytest.approx(1.0)
-    assert with_loss((1, 2), torch.tensor(1.0)) == (1, 2)  # states without a loss field pass through

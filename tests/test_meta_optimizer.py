@@ -159,7 +159,7 @@ def test_window_meta_gradient_matches_finite_differences(method):
     start = {n: p.detach() for n, p in model.named_parameters()}
 
     def window_loss() -> torch.Tensor:
-        return mo._unroll(model, episode, dict(start), mo.rule.init(start), 0, 3, 0)[2]
+        return mo.tbptt.unroll(model, episode, dict(start), mo.rule.init(start), 0, 3, 0)[2]
 
     window_loss().backward()
     tensors = [p for p in mo.parameters()]

@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fewshot_metaopt import GradientMetaLearner, GradientMetaLearnerConfig
-from fewshot_metaopt.engines.higher_engine import RuleOptimizer
+from fewshot_metaopt.torch_optim import RuleOptimizer
 from fewshot_metaopt.optim.rules import (
     AdamRule,
     L2ORule,

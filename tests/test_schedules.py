@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fewshot_metaopt import GradientMetaLearner, GradientMetaLearnerConfig
-from fewshot_metaopt.engines.higher_engine import RuleOptimizer
+from fewshot_metaopt.torch_optim import RuleOptimizer
 from fewshot_metaopt.optim.rules import AdamRule, SGDRule
 from fewshot_metaopt.optim.schedules import (
     Constant,

@@ -1,17 +1,23 @@
-"""Inner-loop drivers for update rules: higher's differentiable optimizers and the torch.func engine."""
+"""Inner-loop drivers for update rules: the torch.func engine and the higher engine, with the
+same ``inner_loop``; one rule step from a loss for the drivers that use plain autograd."""
 
+from .choice import ENGINES
 from .func_engine import AdaptedModel, FuncEngine, VmappedRun, unused_parameters_error
 from .functional_model import functional_forward
-from .higher_engine import DifferentiableRuleOptimizer, RuleOptimizer, detach_grads, functional_inner_loop
+from .higher_engine import DifferentiableRuleOptimizer, HigherEngine, detach_grads
+from .loss_step import step_on_loss
+from ..torch_optim.rule_optimizer import RuleOptimizer
 
 __all__ = [
     "AdaptedModel",
     "DifferentiableRuleOptimizer",
+    "ENGINES",
     "FuncEngine",
+    "HigherEngine",
     "RuleOptimizer",
     "VmappedRun",
     "detach_grads",
     "functional_forward",
-    "functional_inner_loop",
+    "step_on_loss",
     "unused_parameters_error",
 ]

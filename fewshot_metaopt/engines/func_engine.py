@@ -28,11 +28,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..optim.rules.base import UpdateRule
-from ..optim.rules.loss_feature import with_loss
+from ..optim.rules.base import UpdateRule, step_rule
 from .functional_model import Forward, functional_forward
 
 MODES = ("second_order", "first_order", "eval")
+
+# ``record(params, rule_state, step)``: called with the weights each inner step starts from.
+Recorder = Callable[[Mapping[str, Tensor], Any, int], None]
 
 
 def unused_parameters_error(missing: Sequence[str]) -> ValueError:
@@ -110,10 +112,13 @@ class FuncEngine:
         support_loss: Callable[[AdaptedModel, int], Tensor],
         query_loss: Callable[[AdaptedModel], Tensor] | None = None,
         allow_unused: bool = False,
+        record: Recorder | None = None,
     ) -> tuple[AdaptedModel, Any, list[Tensor]]:
         """``steps`` rule updates on one task. ``support_loss(fmodel, step)`` is the loss to
         descend at each step; ``query_loss(fmodel)``, when given, is recorded after every step
-        but the last. Returns the adapted model, the rule's state and those query losses."""
+        but the last; ``record(params, rule_state, step)`` sees the weights each step starts
+        from (``rule_state`` is ``None`` before the first). Returns the adapted model, the
+        rule's state and those query losses."""
         if mode not in MODES:
             raise ValueError(f"unknown inner-loop mode {mode!r}; choose one of {', '.join(MODES)}")
         evaluating = mode == "eval"
@@ -125,12 +130,11 @@ class FuncEngine:
             if evaluating:
                 params = {n: p.detach().requires_grad_(n in adapted) for n, p in params.items()}
             loss = support_loss(self.adapted_model(params), step)
+            if record is not None:
+                record(params, state, step)
             grads = self._grads(loss, params, mode, allow_unused)
             with torch.no_grad() if evaluating else nullcontext():
-                current = {n: params[n] for n in self.adapted}
-                if state is None:
-                    state = self.rule.init(current)
-                new, state = self.rule.update(current, grads, with_loss(state, loss), step)
+                new, state = step_rule(self.rule, {n: params[n] for n in self.adapted}, grads, state, step, loss)
             params.update(new)
             if query_loss is not None and step < steps - 1:
                 query_losses.append(query_loss(self.adapted_model(params)))
@@ -176,9 +180,7 @@ class FuncEngine:
                 grads, value = torch.func.grad(support, has_aux=True)(current)
                 if first_order:
                     grads = {n: g.detach() for n, g in grads.items()}
-                if state is None:
-                    state = self.rule.init(current)
-                new, state = self.rule.update(current, grads, with_loss(state, value), step)
+                new, state = step_rule(self.rule, current, grads, state, step, value)
                 params = {**params, **new}
                 support_values.append(value)
                 if per_step_query and step < steps - 1:

@@ -1,67 +1,43 @@
-"""Runs update rules inside ``higher``'s differentiable inner loops.
+"""Runs update rules inside ``higher``'s differentiable inner loops: the higher engine.
 
-:class:`RuleOptimizer` is a ``torch.optim.Optimizer`` twin of a rule and
-:class:`DifferentiableRuleOptimizer` its differentiable counterpart, registered with higher,
-so a user can write ``higher.innerloop_ctx(model, RuleOptimizer(model.named_parameters(), rule))``
-and get our rule with its meta-gradients. The rule (and its learnable tensors) is held as an
-attribute, never in ``param_groups``: higher deep-copies the groups, which would cut the
-meta-gradient to anything stored there.
+:class:`DifferentiableRuleOptimizer` is the differentiable twin of
+:class:`~fewshot_metaopt.torch_optim.RuleOptimizer`, registered with higher, so a user can
+write ``higher.innerloop_ctx(model, RuleOptimizer(model.named_parameters(), rule))`` and get
+our rule with its meta-gradients. :class:`HigherEngine` drives it with the same
+``inner_loop`` as :class:`~.func_engine.FuncEngine`.
+
+higher facts this relies on: first-order MAML is a ``grad_callback`` that detaches the inner
+gradients (``track_higher_grads=False`` would detach everything and leave no meta-gradient);
+the rule is an attribute of the optimizer, never in ``param_groups``, which higher deep-copies
+(cutting the meta-gradient to anything stored there); ``register_optim`` matches exact types.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Sequence
 
 import higher
 import torch
 from torch import Tensor, nn
 
-from ..optim.rules.base import UpdateRule
-from ..optim.rules.loss_feature import with_loss
-
-
-class RuleOptimizer(torch.optim.Optimizer):
-    """An update rule as an ordinary optimizer (in place, no meta-gradient), and higher's twin."""
-
-    def __init__(self, named_params: Iterable[tuple[str, Tensor]], rule: UpdateRule):
-        named = list(named_params)
-        if not named:
-            raise ValueError("RuleOptimizer got no parameters to update")
-        super().__init__([{"params": [p], "name": n} for n, p in named], defaults={})
-        self.rule = rule
-        self.rule_state: Any = None
-        self.step_count = 0
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        params = {g["name"]: g["params"][0] for g in self.param_groups}
-        grads = {n: p.grad for n, p in params.items() if p.grad is not None}
-        if self.rule_state is None:
-            self.rule_state = self.rule.init(params)
-        new, self.rule_state = self.rule.update(params, grads, with_loss(self.rule_state, loss), self.step_count)
-        for name, p in params.items():
-            p.copy_(new[name])
-        self.step_count += 1
-        return loss
+from ..optim.rules.base import UpdateRule, step_rule
+from ..torch_optim.rule_optimizer import RuleOptimizer
+from .func_engine import MODES, Recorder, unused_parameters_error
 
 
 class DifferentiableRuleOptimizer(higher.optim.DifferentiableOptimizer):
-    """higher's differentiable version of :class:`RuleOptimizer`: one ``rule.update`` per step."""
+    """higher's differentiable version of :class:`RuleOptimizer`: one rule step per ``step``."""
 
     def __init__(self, other: RuleOptimizer, reference_params, *args, **kwargs) -> None:
         super().__init__(other, reference_params, *args, **kwargs)
         self.rule = other.rule
-        self.names = [g["name"] for g in other.param_groups]
+        self.names = list(other.param_groups[0]["param_names"])
         self.rule_state: Any = None
         self.step_count = 0
         self._loss: Tensor | None = None
 
     def step(self, loss: Tensor, *args, **kwargs):
-        # higher hands ``_update`` the gradients only; rules that read the loss get it here.
+        # higher hands ``_update`` the gradients only; the rule's loss argument is kept here.
         self._loss = loss
         try:
             return super().step(loss, *args, **kwargs)
@@ -69,13 +45,11 @@ class DifferentiableRuleOptimizer(higher.optim.DifferentiableOptimizer):
             self._loss = None
 
     def _update(self, grouped_grads, **kwargs) -> None:
-        params = {name: group["params"][0] for name, group in zip(self.names, self.param_groups)}
-        grads = {name: g[0] for name, g in zip(self.names, grouped_grads) if g[0] is not None}
-        if self.rule_state is None:
-            self.rule_state = self.rule.init(params)
-        new, self.rule_state = self.rule.update(params, grads, with_loss(self.rule_state, self._loss), self.step_count)
-        for name, group in zip(self.names, self.param_groups):
-            group["params"][0] = new[name]
+        (group,) = self.param_groups
+        params = dict(zip(self.names, group["params"]))
+        grads = {name: g for name, g in zip(self.names, grouped_grads[0]) if g is not None}
+        new, self.rule_state = step_rule(self.rule, params, grads, self.rule_state, self.step_count, self._loss)
+        group["params"] = [new[name] for name in self.names]
         self.step_count += 1
 
 
@@ -87,13 +61,54 @@ def detach_grads(grads):
     return [None if g is None else g.detach() for g in grads]
 
 
-def functional_inner_loop(
-    model: nn.Module, optimizer: RuleOptimizer, track_higher_grads: bool
-) -> tuple[Any, DifferentiableRuleOptimizer]:
-    """A functional view of ``model`` whose fast weights start at its real parameters, and the
-    differentiable optimizer that steps them. The model itself is never written."""
-    fmodel = higher.monkeypatch(model, copy_initial_weights=False, track_higher_grads=track_higher_grads)
-    diffopt = higher.optim.get_diff_optim(
-        optimizer, model.parameters(), fmodel=fmodel, track_higher_grads=track_higher_grads
-    )
-    return fmodel, diffopt
+class HigherEngine:
+    """Adapts ``model``'s parameters named ``adapted`` with ``rule`` in higher's functional
+    modules; ``model`` itself is never written (its weights are the initial fast weights)."""
+
+    def __init__(self, model: nn.Module, rule: UpdateRule, adapted: Sequence[str]) -> None:
+        self.model, self.rule, self.adapted = model, rule, list(adapted)
+        self.names = [n for n, _ in model.named_parameters()]
+        params = dict(model.named_parameters())
+        self.optimizer = RuleOptimizer([(n, params[n]) for n in self.adapted], rule)
+
+    def _grad_callback(self, first_order: bool, allow_unused: bool) -> Callable | None:
+        if allow_unused and not first_order:
+            return None
+        adapted = set(self.adapted)
+
+        def callback(grads):
+            if not allow_unused:
+                missing = [n for n, g in zip(self.names, grads) if g is None and n in adapted]
+                if missing:
+                    raise unused_parameters_error(missing)
+            return detach_grads(grads) if first_order else grads
+
+        return callback
+
+    def inner_loop(
+        self,
+        steps: int,
+        mode: str,
+        support_loss: Callable[[Any, int], Tensor],
+        query_loss: Callable[[Any], Tensor] | None = None,
+        allow_unused: bool = False,
+        record: Recorder | None = None,
+    ) -> tuple[Any, Any, list[Tensor]]:
+        """As :meth:`FuncEngine.inner_loop <.func_engine.FuncEngine.inner_loop>`; the adapted
+        model is higher's functional module (``fmodel(x)``, ``fmodel.fast_params``)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown inner-loop mode {mode!r}; choose one of {', '.join(MODES)}")
+        track = mode != "eval"
+        fmodel = higher.monkeypatch(self.model, copy_initial_weights=False, track_higher_grads=track)
+        diffopt = higher.optim.get_diff_optim(self.optimizer, self.model.parameters(), fmodel=fmodel,
+                                              track_higher_grads=track)
+        callback = self._grad_callback(mode == "first_order", allow_unused)
+        query_losses: list[Tensor] = []
+        for step in range(steps):
+            loss = support_loss(fmodel, step)
+            if record is not None:
+                record(dict(zip(self.names, fmodel.fast_params)), diffopt.rule_state, step)
+            diffopt.step(loss, grad_callback=callback)
+            if query_loss is not None and step < steps - 1:
+                query_losses.append(query_loss(fmodel))
+        return fmodel, diffopt.rule_state, query_losses

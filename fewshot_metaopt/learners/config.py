@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import checks
 from ..config_keys import from_mapping
+from ..engines.choice import ENGINES
 from ..losses import LOSSES
 from ..optim.learned_lr import GRANULARITIES
+from ..optim.outer_step import OUTER_OPTIMIZERS
+from .algorithms import ALGORITHMS, WARP_ALGORITHMS, Algorithm
 
-ALGORITHMS = ("maml", "fomaml", "meta_sgd", "anil", "warp_maml", "warp_leap")
-WARP_ALGORITHMS = ("warp_maml", "warp_leap")
-META_OPTIMIZERS = ("adam", "sgd")
 BATCH_NORM_MODES = ("transductive",)
-ENGINES = ("auto", "higher", "func")
 
 SECOND_ORDER_LR_MESSAGE = (
     "learned inner learning rates (Meta-SGD) need second-order meta-gradients: the rates act "
@@ -82,40 +82,29 @@ class GradientMetaLearnerConfig:
     vmap_chunk_size: int | None = None
 
     def __post_init__(self) -> None:
-        def choose(name: str, value, options) -> None:
-            if value not in options:
-                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
-
-        choose("algorithm", self.algorithm, ALGORITHMS)
-        choose("meta_optimizer", self.meta_optimizer, META_OPTIMIZERS)
-        choose("batch_norm", self.batch_norm, BATCH_NORM_MODES)
-        choose("loss", self.loss, LOSSES)
-        choose("engine", self.engine, ENGINES)
+        checks.choose("algorithm", self.algorithm, ALGORITHMS.names())
+        checks.choose("meta_optimizer", self.meta_optimizer, OUTER_OPTIMIZERS.names())
+        checks.choose("batch_norm", self.batch_norm, BATCH_NORM_MODES)
+        checks.choose("loss", self.loss, LOSSES)
+        checks.choose("engine", self.engine, ("auto", *ENGINES.names()))
         if self.lr_granularity is not None:
-            choose("lr_granularity", self.lr_granularity, GRANULARITIES)
+            checks.choose("lr_granularity", self.lr_granularity, GRANULARITIES)
         if self.inner_steps < 1:
-            raise ValueError(f"inner_steps must be >= 1 for meta-training, got {self.inner_steps}")
-        if self.inner_steps_eval is not None and self.inner_steps_eval < 0:
-            raise ValueError(f"inner_steps_eval must be >= 0, got {self.inner_steps_eval}")
+            raise checks.ConfigError("inner_steps", f"inner_steps must be >= 1 for meta-training, got {self.inner_steps}")
+        checks.at_least("inner_steps_eval", self.inner_steps_eval, 0)
         for name in ("inner_lr", "meta_lr"):
-            value = getattr(self, name)
-            if not value == value or value in (float("inf"), float("-inf")):
-                raise ValueError(f"{name} must be finite, got {value}")
-        if self.meta_grad_clip is not None and self.meta_grad_clip <= 0:
-            raise ValueError(f"meta_grad_clip must be positive or None, got {self.meta_grad_clip}")
-        for name in ("warp_points", "warp_buffer_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            checks.real(name, getattr(self, name))
+        checks.optional_positive("meta_grad_clip", self.meta_grad_clip)
+        for name in ("warp_points", "warp_buffer_size", "multi_step_anneal_iters"):
+            checks.at_least(name, getattr(self, name), 0 if name == "multi_step_anneal_iters" else 1)
         if self.algorithm == "warp_leap" and (self.granularity != "none" or self.multi_step_loss):
             raise ValueError("warp_leap does not differentiate the inner loop: learned inner lrs and "
                              "multi_step_loss need warp_maml")
-        if self.multi_step_anneal_iters < 0:
-            raise ValueError(f"multi_step_anneal_iters must be >= 0, got {self.multi_step_anneal_iters}")
-        if self.algorithm == "fomaml" and self.first_order is False:
-            raise ValueError("algorithm 'fomaml' is first-order; first_order=False contradicts it")
+        if self.method.first_order and self.first_order is False:
+            raise ValueError(f"algorithm {self.algorithm!r} is first-order; first_order=False contradicts it")
         if self.uses_first_order and self.granularity != "none":
             raise ValueError(SECOND_ORDER_LR_MESSAGE)
-        if self.engine == "func" and self.algorithm in WARP_ALGORITHMS:
+        if self.engine == "func" and self.method.warped:
             raise ValueError(f"algorithm {self.algorithm!r} runs on the higher engine only (its replay buffer "
                              "records higher's fast weights); use engine='higher' or 'auto'")
         if self.vmap_tasks and self.inner_engine != "func":
@@ -127,21 +116,26 @@ class GradientMetaLearnerConfig:
             raise ValueError(f"vmap_chunk_size must be >= 1 and needs vmap_tasks=True, got {self.vmap_chunk_size}")
 
     @property
+    def method(self) -> Algorithm:
+        """What the named algorithm means (its registry entry)."""
+        return ALGORITHMS[self.algorithm]
+
+    @property
     def uses_first_order(self) -> bool:
-        return self.algorithm == "fomaml" if self.first_order is None else bool(self.first_order)
+        return self.method.first_order if self.first_order is None else bool(self.first_order)
 
     @property
     def inner_engine(self) -> str:
         """The engine ``engine`` resolves to: ``higher`` or ``func``."""
         if self.engine == "auto":
-            return "higher" if self.algorithm in WARP_ALGORITHMS else "func"
+            return "higher" if self.method.warped else "func"
         return self.engine
 
     @property
     def granularity(self) -> str:
         if self.lr_granularity is not None:
             return self.lr_granularity
-        return "per_parameter" if self.algorithm == "meta_sgd" else "none"
+        return self.method.granularity
 
     @property
     def eval_steps(self) -> int:

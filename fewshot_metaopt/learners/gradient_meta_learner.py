@@ -18,36 +18,24 @@ differentiable optimizer; any rule with the update-rule contract plugs into both
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..engines.func_engine import FuncEngine, unused_parameters_error
-from ..engines.higher_engine import RuleOptimizer, detach_grads, functional_inner_loop
+from ..engines.choice import ENGINES
+from ..engines.func_engine import FuncEngine
 from ..episodes.episode import Episode
 from ..losses import task_loss
 from ..optim.learned_lr import learned_lr_of, learned_lr_tensors_of
+from ..optim.outer_step import OUTER_OPTIMIZERS, clipped_step
 from ..optim.rules.base import UpdateRule
 from ..optim.rules.sgd import SGDRule
 from ..warp.warp_grad import WarpGradTrainer, require_warped
-from .config import WARP_ALGORITHMS, GradientMetaLearnerConfig
-from .vmapped_tasks import accumulate_vmapped_meta_gradient
-from .warp_maml import accumulate_warp_meta_gradient
+from .config import GradientMetaLearnerConfig
+from .errors import NonFiniteLossError
 from .results import EvaluationResult, MetaTrainResult
-from .tally import MetaBatchTally
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A task's loss became NaN or infinite; says which task, phase and inner step."""
-
-    def __init__(self, task: int, phase: str, step: int, value: float):
-        self.task, self.phase, self.step, self.value = task, phase, step, value
-        super().__init__(
-            f"task {task}: {phase} loss is {value} at inner step {step}; lower inner_lr, clip, "
-            "or set skip_nonfinite_tasks=True to drop such tasks and count them"
-        )
+from .strategies import strategy_for
 
 
 def head_parameter_names(model: nn.Module) -> list[str]:
@@ -56,6 +44,14 @@ def head_parameter_names(model: nn.Module) -> list[str]:
     if not owners:
         return [name for name, _ in model.named_parameters()]
     return [name for name, _ in model.named_parameters() if name.split(".")[0] == owners[-1]]
+
+
+# Which parameters each algorithm's inner loop adapts, by ``Algorithm.adapts``.
+ADAPTED = {
+    "all": lambda model: [name for name, _ in model.named_parameters()],
+    "head": head_parameter_names,
+    "warp": lambda model: model.adapted_parameter_names(),
+}
 
 
 class GradientMetaLearner:
@@ -82,14 +78,11 @@ class GradientMetaLearner:
         params = dict(model.named_parameters())
         if not params:
             raise ValueError("the model has no parameters to meta-learn")
-        warped = config.algorithm in WARP_ALGORITHMS
+        warped = config.method.warped
         if warped:
             model = require_warped(model, f"algorithm {config.algorithm!r}")
         if adapted_parameters is None:
-            if warped:
-                adapted_parameters = model.adapted_parameter_names()
-            else:
-                adapted_parameters = head_parameter_names(model) if config.algorithm == "anil" else list(params)
+            adapted_parameters = ADAPTED[config.method.adapts](model)
         unknown = [n for n in adapted_parameters if n not in params]
         if unknown or not adapted_parameters:
             raise ValueError(f"adapted_parameters names no parameter of the model: {unknown or '[]'}")
@@ -108,25 +101,28 @@ class GradientMetaLearner:
                 dtype=reference.dtype,
             )
         self.rule = inner_optimizer.to(device=reference.device, dtype=reference.dtype)
-        self.inner_optimizer = RuleOptimizer([(n, params[n]) for n in self.adapted], self.rule)
-        self.func_engine = FuncEngine(model, self.rule, self.adapted) if config.inner_engine == "func" else None
-        self._all_names = list(params)
+        self.engine = ENGINES[config.inner_engine](model, self.rule, self.adapted)
         meta_params = list(model.parameters()) + list(self.rule.parameters())
-        if config.meta_optimizer == "adam":
-            self.meta_optimizer: torch.optim.Optimizer = torch.optim.Adam(meta_params, lr=config.meta_lr)
-        else:
-            self.meta_optimizer = torch.optim.SGD(meta_params, lr=config.meta_lr)
+        self.meta_optimizer: torch.optim.Optimizer = OUTER_OPTIMIZERS[config.meta_optimizer](meta_params,
+                                                                                           lr=config.meta_lr)
         self.iteration = 0
         self.warp = None
         if warped:
             self.warp = WarpGradTrainer(model, self.rule, config.warp_buffer_size, config.warp_points, config.loss)
 
-    # ----------------------------------------------------------------------------- inner loop
+    @property
+    def func_engine(self) -> FuncEngine | None:
+        """The torch.func engine when it runs the inner loop (the vmapped strategy needs it)."""
+        return self.engine if isinstance(self.engine, FuncEngine) else None
 
-    def _loss(self, output: Tensor, target: Tensor, task: int, phase: str) -> Tensor:
+    # ------------------------------------------------------- what the meta-gradient strategies use
+
+    def loss(self, output: Tensor, target: Tensor, task: int, phase: str) -> Tensor:
+        """The task loss; labels out of range are an error naming the task and phase."""
         return task_loss(output, target, self.config.loss, where=f"task {task}: {phase}")
 
-    def _forward(self, fmodel, x: Tensor, task: int, phase: str) -> Tensor:
+    def forward(self, fmodel, x: Tensor, task: int, phase: str) -> Tensor:
+        """``fmodel(x)``; inputs that do not fit the model are an error naming the task and phase."""
         try:
             return fmodel(x)
         except RuntimeError as err:
@@ -134,69 +130,32 @@ class GradientMetaLearner:
                 f"task {task}: {phase} inputs of shape {tuple(x.shape)} do not fit the model: {err}"
             ) from err
 
-    def _checked(self, loss: Tensor, task: int, phase: str, step: int) -> Tensor:
+    def checked(self, loss: Tensor, task: int, phase: str, step: int) -> Tensor:
+        """``loss``, or :class:`NonFiniteLossError` when it is NaN or infinite."""
         if not torch.isfinite(loss):
             raise NonFiniteLossError(task, phase, step, float(loss.detach()))
         return loss
 
-    def _grad_callback(self, first_order: bool):
-        if self.config.allow_unused and not first_order:
-            return None
-        adapted = set(self.adapted)
-
-        def callback(grads):
-            if not self.config.allow_unused:
-                missing = [n for n, g in zip(self._all_names, grads) if g is None and n in adapted]
-                if missing:
-                    raise unused_parameters_error(missing)
-            return detach_grads(grads) if first_order else grads
-
-        return callback
-
-    def _inner_loop(self, episode: Episode, steps: int, mode: str, task: int, per_step_query: bool, record=None):
-        """Adapt on the support set; returns the functional model and the query losses
-        (after every step when ``per_step_query``, else after the last) with final outputs.
-        ``record(params, rule_state, step)`` sees the weights each step starts from."""
+    def inner_loop(self, episode: Episode, steps: int, mode: str, task: int, per_step_query: bool, record=None):
+        """Adapt on the support set; returns the adapted model, the rule's state and the query
+        losses after every step but the last when ``per_step_query``. ``record(params,
+        rule_state, step)`` sees the weights each step starts from."""
         def support_loss(fmodel, step: int) -> Tensor:
-            out = self._forward(fmodel, episode.support_x, task, "support")
-            return self._checked(self._loss(out, episode.support_y, task, "support"), task, "support", step)
+            out = self.forward(fmodel, episode.support_x, task, "support")
+            return self.checked(self.loss(out, episode.support_y, task, "support"), task, "support", step)
 
         def query_loss(fmodel) -> Tensor:
-            return self._loss(self._forward(fmodel, episode.query_x, task, "query"), episode.query_y, task, "query")
+            return self.loss(self.forward(fmodel, episode.query_x, task, "query"), episode.query_y, task, "query")
 
-        if self.func_engine is not None:
-            return self.func_engine.inner_loop(
-                steps, mode, support_loss, query_loss if per_step_query else None, self.config.allow_unused
-            )
-        track = mode != "eval"
-        fmodel, diffopt = functional_inner_loop(self.model, self.inner_optimizer, track_higher_grads=track)
-        callback = self._grad_callback(first_order=mode == "first_order")
-        query_losses: list[Tensor] = []
-        for step in range(steps):
-            loss = support_loss(fmodel, step)
-            if record is not None:
-                record(dict(zip(self._all_names, fmodel.fast_params)), diffopt.rule_state, step)
-            diffopt.step(loss, grad_callback=callback)
-            if per_step_query and step < steps - 1:
-                query_losses.append(query_loss(fmodel))
-        return fmodel, diffopt, query_losses
+        return self.engine.inner_loop(steps, mode, support_loss, query_loss if per_step_query else None,
+                                      self.config.allow_unused, record)
 
-    def adapt(self, episode: Episode, steps: int | None = None, differentiable: bool = False):
-        """The model adapted to ``episode``'s support set, as a functional model.
+    @property
+    def training_mode(self) -> str:
+        """The inner-loop mode of meta-training: ``first_order`` or ``second_order``."""
+        return "first_order" if self.config.uses_first_order else "second_order"
 
-        Call it on inputs: ``fmodel(x)``. The original parameters and buffers are untouched.
-        ``differentiable=True`` keeps the graph back to the meta-parameters.
-        """
-        steps = self.config.eval_steps if steps is None else steps
-        episode = episode.to(self.device)
-        mode = ("first_order" if self.config.uses_first_order else "second_order") if differentiable else "eval"
-        with torch.enable_grad():
-            fmodel, _, _ = self._inner_loop(episode, steps, mode, task=0, per_step_query=False)
-        return fmodel
-
-    # ----------------------------------------------------------------------------- outer loop
-
-    def _step_weights(self, steps: int) -> Tensor:
+    def step_weights(self, steps: int) -> Tensor:
         """MAML++ multi-step loss weights: uniform, annealed towards the last step."""
         uniform = torch.full((steps,), 1.0 / steps)
         anneal = self.config.multi_step_anneal_iters
@@ -206,6 +165,21 @@ class GradientMetaLearner:
         last[-1] = 1.0
         progress = min(self.iteration / anneal, 1.0)
         return (1 - progress) * uniform + progress * last
+
+    def adapt(self, episode: Episode, steps: int | None = None, differentiable: bool = False):
+        """The model adapted to ``episode``'s support set, as a functional model.
+
+        Call it on inputs: ``fmodel(x)``. The original parameters and buffers are untouched.
+        ``differentiable=True`` keeps the graph back to the meta-parameters.
+        """
+        steps = self.config.eval_steps if steps is None else steps
+        episode = episode.to(self.device)
+        mode = self.training_mode if differentiable else "eval"
+        with torch.enable_grad():
+            fmodel, _, _ = self.inner_loop(episode, steps, mode, task=0, per_step_query=False)
+        return fmodel
+
+    # ----------------------------------------------------------------------------- outer loop
 
     @property
     def meta_parameters(self) -> list[Tensor]:
@@ -217,45 +191,17 @@ class GradientMetaLearner:
         episodes = list(episodes)
         if not episodes:
             raise ValueError("a meta-batch needs at least one episode, got none")
-        if self.warp is not None:
-            return accumulate_warp_meta_gradient(self, episodes)
-        if self.config.vmap_tasks:
-            return accumulate_vmapped_meta_gradient(self, episodes)
-        cfg = self.config
-        mode = "first_order" if cfg.uses_first_order else "second_order"
-        steps = cfg.inner_steps
-        weights = self._step_weights(steps) if cfg.multi_step_loss else None
-        tally, skipped = MetaBatchTally(), 0
-        for task, episode in enumerate(episodes):
-            episode = episode.to(self.device)
-            try:
-                fmodel, _, losses = self._inner_loop(episode, steps, mode, task, per_step_query=cfg.multi_step_loss)
-                output = self._forward(fmodel, episode.query_x, task, "query")
-                final = self._checked(self._loss(output, episode.query_y, task, "query"), task, "query", steps)
-            except NonFiniteLossError:
-                if not cfg.skip_nonfinite_tasks:
-                    raise
-                skipped += 1
-                continue
-            losses.append(final)
-            objective = final if weights is None else sum(w * l for w, l in zip(weights.tolist(), losses))
-            (objective / len(episodes)).backward()
-            tally.add(final.item(), output, episode.query_y)
-        return tally.result(self.meta_parameters, len(episodes), skipped)
+        return strategy_for(self.config)(self, episodes)
 
     def meta_train_step(self, episodes: Iterable[Episode]) -> MetaTrainResult:
         """One outer update from a meta-batch of episodes."""
         self.meta_optimizer.zero_grad(set_to_none=True)
         result = self.accumulate_meta_gradient(episodes)
-        clip = self.config.meta_grad_clip if self.config.meta_grad_clip is not None else math.inf
-        result.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.meta_parameters, clip))
-        if not math.isfinite(result.grad_norm):
-            self.meta_optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(
-                f"meta-gradient norm is {result.grad_norm} at iteration {self.iteration}; nothing was "
-                "updated (lower meta_lr or inner_lr, or set meta_grad_clip)"
-            )
-        self.meta_optimizer.step()
+        result.grad_norm = clipped_step(
+            self.meta_optimizer, self.meta_parameters, self.config.meta_grad_clip,
+            lambda norm: FloatingPointError(f"meta-gradient norm is {norm} at iteration {self.iteration}; nothing was "
+                                            "updated (lower meta_lr or inner_lr, or set meta_grad_clip)"),
+        )
         self.iteration += 1
         return result
 
@@ -266,8 +212,8 @@ class GradientMetaLearner:
             fmodel = self.adapt(episode, steps)
             episode = episode.to(self.device)
             with torch.no_grad():
-                output = self._forward(fmodel, episode.query_x, task, "query")
-                loss = float(self._loss(output, episode.query_y, task, "query"))
+                output = self.forward(fmodel, episode.query_x, task, "query")
+                loss = float(self.loss(output, episode.query_y, task, "query"))
             losses.append(loss)
             if episode.query_y.is_floating_point():
                 metric = "mse"

@@ -56,13 +56,13 @@ def _check_inputs(learner: "GradientMetaLearner", chunk: Chunk) -> None:
     task, first = chunk[0]
     fmodel = engine.adapted_model(dict(learner.model.named_parameters()))
     with torch.set_grad_enabled(not engine.usage_checked):
-        output = learner._forward(fmodel, first.support_x, task, "support")
+        output = learner.forward(fmodel, first.support_x, task, "support")
         if not engine.usage_checked:
-            engine.check_gradients_reach(learner._loss(output, first.support_y, task, "support"))
+            engine.check_gradients_reach(learner.loss(output, first.support_y, task, "support"))
     template = output.detach()
     for task, episode in chunk:
         for phase, y in (("support", episode.support_y), ("query", episode.query_y)):
-            learner._loss(template.new_zeros(y.shape[0], *template.shape[1:]), y, task, phase)
+            learner.loss(template.new_zeros(y.shape[0], *template.shape[1:]), y, task, phase)
 
 
 def _differentiate_chunk(
@@ -72,7 +72,7 @@ def _differentiate_chunk(
     of each task kept and how many were skipped for non-finite losses."""
     cfg = learner.config
     steps = cfg.inner_steps
-    mode = "first_order" if cfg.uses_first_order else "second_order"
+    mode = learner.training_mode
     _check_inputs(learner, chunk)
     support_x, support_y, query_x, query_y = _stacked(chunk)
     run = learner.func_engine.vmapped(
@@ -83,8 +83,8 @@ def _differentiate_chunk(
     for i, (task, episode) in enumerate(chunk):
         try:
             for step in range(steps):
-                learner._checked(run.support_losses[i, step], task, "support", step)
-            final = learner._checked(learner._loss(run.query_outputs[i], episode.query_y, task, "query"),
+                learner.checked(run.support_losses[i, step], task, "support", step)
+            final = learner.checked(learner.loss(run.query_outputs[i], episode.query_y, task, "query"),
                                      task, "query", steps)
         except FloatingPointError:
             if not cfg.skip_nonfinite_tasks:
@@ -111,7 +111,7 @@ def _differentiate_chunk(
 
 def accumulate_vmapped_meta_gradient(learner: "GradientMetaLearner", episodes: List[Episode]) -> MetaTrainResult:
     cfg = learner.config
-    weights = learner._step_weights(cfg.inner_steps) if cfg.multi_step_loss else None
+    weights = learner.step_weights(cfg.inner_steps) if cfg.multi_step_loss else None
     tasks = [(task, episode.to(learner.device)) for task, episode in enumerate(episodes)]
     size = cfg.vmap_chunk_size or len(tasks)
     tally, skipped = MetaBatchTally(), 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List
 
 from ..episodes.episode import Episode
-from ..warp.objective import leap_init_gradient
+from ..warp.objective import accumulate_leap_gradient
 from .results import MetaTrainResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,15 +30,15 @@ def accumulate_warp_meta_gradient(learner: "GradientMetaLearner", episodes: List
     init_params = [p for p in learner.meta_parameters if id(p) not in warp_ids]
     total_loss, correct, count = 0.0, 0, 0
     episodes = [ep.to(learner.device) for ep in episodes]
-    if cfg.algorithm == "warp_maml":
-        mode = "first_order" if cfg.uses_first_order else "second_order"
+    if cfg.method.warp_init == "maml":
+        mode = learner.training_mode
         for task, episode in enumerate(episodes):
             def record(params, rule_state, step, episode=episode):
                 warp.record_point(params, rule_state, step, episode)
 
-            fmodel, _, _ = learner._inner_loop(episode, cfg.inner_steps, mode, task, per_step_query=False, record=record)
-            output = learner._forward(fmodel, episode.query_x, task, "query")
-            loss = learner._checked(learner._loss(output, episode.query_y, task, "query"), task, "query", cfg.inner_steps)
+            fmodel, _, _ = learner.inner_loop(episode, cfg.inner_steps, mode, task, per_step_query=False, record=record)
+            output = learner.forward(fmodel, episode.query_x, task, "query")
+            loss = learner.checked(learner.loss(output, episode.query_y, task, "query"), task, "query", cfg.inner_steps)
             (loss / len(episodes)).backward(inputs=init_params)
             total_loss += loss.item()
             if not episode.query_y.is_floating_point():
@@ -47,10 +47,7 @@ def accumulate_warp_meta_gradient(learner: "GradientMetaLearner", episodes: List
         accuracy = correct / count if count else None
     else:
         runs = [warp.run_task(episode, cfg.inner_steps, task) for task, episode in enumerate(episodes)]
-        params = dict(model.named_parameters())
-        for name, grad in leap_init_gradient([run.trajectory for run in runs]).items():
-            p = params[name]
-            p.grad = grad.to(p.dtype) if p.grad is None else p.grad + grad.to(p.dtype)
+        accumulate_leap_gradient(model, [run.trajectory for run in runs])
         total_loss = sum(run.query_loss for run in runs)
         scored = [run.query_accuracy for run in runs if run.query_accuracy is not None]
         accuracy = sum(scored) / len(scored) if scored else None

@@ -1,49 +1,34 @@
-"""Update rules, learned learning rates, the Phase 50.4 MetaOptimizer and the seed optimizers
-(MetaNNCombiner, AdaptiveSGDWithTape, ControlMetaOptimizer) as torch.optim classes."""
+"""Pure inner-loop update rules, learned learning rates, schedules and pytree helpers: what
+every driver steps, and nothing that drives (see ``docs/architecture.md``)."""
 
 from .learned_lr import GRANULARITIES, LearnedLR
-from .meta_optimizer import MetaOptimizer, MetaOptimizerConfig, MetaOptTrainResult, OptimizerState
-from .rules import AdamRule, L2ORule, LSTMRule, ScalableLSTMRule, SGDRule, UpdateRule, lstm_rule
-from .schedules import Constant, Cosine, Cyclical, Learned, ScheduledRule, Warmup, schedule_optimizer
-from .control import ControlMetaOptimizer
-from .meta_nn import MetaNNCombiner
+from .rules import AdamRule, L2ORule, LSTMRule, ScalableLSTMRule, SGDRule, UpdateRule, lstm_rule, step_rule
 from .rules.combiner import CombinerRule
 from .rules.control import ControlRule
 from .rules.tape_memory import DifferentiableTape
 from .rules.tape_sgd import TapeSGDRule
-from .tape_sgd import AdaptiveSGDWithTape
-from .task_families import EpisodeTasks, QuadraticTasks
-from .task_meta_training import meta_train_on_tasks
+from .schedules import Constant, Cosine, Cyclical, Learned, ScheduledRule, Warmup, schedule_optimizer
 
 __all__ = [
-    "AdaptiveSGDWithTape",
-    "CombinerRule",
-    "ControlMetaOptimizer",
-    "ControlRule",
-    "DifferentiableTape",
-    "EpisodeTasks",
-    "MetaNNCombiner",
-    "QuadraticTasks",
-    "TapeSGDRule",
-    "meta_train_on_tasks",
     "AdamRule",
+    "CombinerRule",
     "Constant",
+    "ControlRule",
     "Cosine",
     "Cyclical",
-    "Learned",
-    "ScheduledRule",
-    "Warmup",
-    "schedule_optimizer",
+    "DifferentiableTape",
     "GRANULARITIES",
     "L2ORule",
     "LSTMRule",
+    "Learned",
     "LearnedLR",
-    "MetaOptTrainResult",
-    "MetaOptimizer",
-    "MetaOptimizerConfig",
-    "OptimizerState",
     "SGDRule",
     "ScalableLSTMRule",
+    "ScheduledRule",
+    "TapeSGDRule",
     "UpdateRule",
+    "Warmup",
     "lstm_rule",
+    "schedule_optimizer",
+    "step_rule",
 ]

@@ -38,39 +38,17 @@ still advances); give ``start > 0`` to move from the first step.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from .. import checks
 from .learned_lr import learned_lr_of
 from .rules.base import Params, UpdateRule
 
 CYCLICAL_MODES = ("triangular", "cosine")
-
-
-def _integer(owner: str, name: str, value: Any, least: int) -> int:
-    """``value`` as an int of at least ``least``, or a one-line ValueError naming it."""
-    if isinstance(value, bool):
-        raise ValueError(f"{owner} needs an integer {name} >= {least}, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{owner} needs an integer {name} >= {least}, got {value!r}") from None
-    if number < least:
-        raise ValueError(f"{owner} needs an integer {name} >= {least}, got {value!r}")
-    return number
-
-
-def _real(owner: str, name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
-    """``value`` as a finite float in ``[low, high]``, or a one-line ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{owner} needs a finite number {name}, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{owner} needs {name} in [{low}, {high}], got {value!r}")
-    return float(value)
 
 
 def _shown(value: Any) -> str:
@@ -79,7 +57,7 @@ def _shown(value: Any) -> str:
 
 
 def _step(owner: str, step: Any) -> int:
-    return _integer(owner, "step", step, 0)
+    return checks.integer("step", step, 0, owner=owner)
 
 
 class Schedule:
@@ -104,7 +82,7 @@ class Constant(Schedule):
     """The same multiplier at every step (1.0: the wrapped rule exactly as it is)."""
 
     def __init__(self, value: float = 1.0) -> None:
-        self.value = _real("Constant", "value", value)
+        self.value = checks.real("value", value, owner="Constant")
 
     def multiplier(self, step: int) -> float:
         return self.value
@@ -117,8 +95,8 @@ class Warmup(Schedule):
     """Linear from ``start`` at step 0 to 1 at step ``steps``, then 1."""
 
     def __init__(self, steps: int, start: float = 0.0) -> None:
-        self.steps = _integer("Warmup", "steps", steps, 1)
-        self.start = _real("Warmup", "start", start, 0.0, 1.0)
+        self.steps = checks.integer("steps", steps, 1, owner="Warmup")
+        self.start = checks.real("start", start, 0.0, 1.0, owner="Warmup")
 
     def multiplier(self, step: int) -> float:
         if step >= self.steps:
@@ -138,9 +116,9 @@ class Cosine(Schedule):
     """
 
     def __init__(self, total_steps: int, min_factor: float = 0.0, warmup_steps: int = 0) -> None:
-        self.total_steps = _integer("Cosine", "total_steps", total_steps, 1)
-        self.min_factor = _real("Cosine", "min_factor", min_factor, 0.0, 1.0)
-        self.warmup_steps = _integer("Cosine", "warmup_steps", warmup_steps, 0)
+        self.total_steps = checks.integer("total_steps", total_steps, 1, owner="Cosine")
+        self.min_factor = checks.real("min_factor", min_factor, 0.0, 1.0, owner="Cosine")
+        self.warmup_steps = checks.integer("warmup_steps", warmup_steps, 0, owner="Cosine")
         if self.warmup_steps >= self.total_steps:
             raise ValueError(
                 f"Cosine needs warmup_steps < total_steps, got warmup_steps={warmup_steps!r} "
@@ -170,12 +148,12 @@ class Cyclical(Schedule):
     """
 
     def __init__(self, period: float, low: float = 0.1, high: float = 1.0, mode: str = "triangular") -> None:
-        period = _real("Cyclical", "period", period)
+        period = checks.real("period", period, owner="Cyclical")
         if period <= 0:
             raise ValueError(f"Cyclical needs a positive period, got {period!r}")
         self.period = period
-        self.low = _real("Cyclical", "low", low, 0.0)
-        self.high = _real("Cyclical", "high", high)
+        self.low = checks.real("low", low, 0.0, owner="Cyclical")
+        self.high = checks.real("high", high, owner="Cyclical")
         if self.low > self.high:
             raise ValueError(f"Cyclical needs low <= high, got low={low!r} and high={high!r}")
         if mode not in CYCLICAL_MODES:
@@ -209,14 +187,14 @@ class Learned(nn.Module):
 
     def __init__(self, steps: int, init: float = 1.0, log_space: bool = True, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.steps = _integer("Learned", "steps", steps, 1)
+        self.steps = checks.integer("steps", steps, 1, owner="Learned")
         if log_space:
-            init = _real("Learned", "init", init)
+            init = checks.real("init", init, owner="Learned")
             if init <= 0:
                 raise ValueError(f"Learned in log space needs a positive init, got {init!r}")
             start = math.log(init)
         else:
-            start = init = _real("Learned", "init", init)
+            start = init = checks.real("init", init, owner="Learned")
         self.init = init
         self.log_space = bool(log_space)
         self.values = nn.Parameter(torch.full((self.steps,), start, dtype=dtype))
@@ -262,8 +240,10 @@ class ScheduledRule(UpdateRule):
     def init(self, params: Params) -> Any:
         return self.rule.init(params)
 
-    def update(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]:
-        proposed, state = self.rule.update(params, grads, state, step)
+    def update(
+        self, params: Params, grads: Params, state: Any, step: int, loss: Tensor | None = None
+    ) -> tuple[Params, Any]:
+        proposed, state = self.rule.update(params, grads, state, step, loss=loss)
         factor = self.schedule(step)
         new = dict(params)
         for name in grads:

@@ -5,33 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..episodes.sampler import EpisodeManifest, TaskDistributionSampler, derive_seed
 from ..learners import GradientMetaLearner
-from ..models import conv4, mlp
-from ..optim.meta_optimizer import MetaOptimizer
+from ..meta_training.meta_optimizer import MetaOptimizer
 from ..optim.schedules import schedule_optimizer
-from ..warp import warp_conv4, warp_mlp
-from .data_sources import image_shape
+from .model_registry import build_model
 from .schedule_factory import build_schedule
 from .task_config import TaskConfig
 
 # Validation and test manifests are drawn from seeds of their own, so that the sinusoid
 # family (one family for every role) never validates on its test tasks.
 _MANIFEST_STREAM = {"train": 100, "val": 101, "test": 102}
-
-
-def build_model(task: TaskConfig) -> nn.Module:
-    """The task's network; a ``warp_`` model is the same network with warp layers between its blocks."""
-    m = task.model
-    if m.family == "conv4":
-        channels, size, _ = image_shape(task.data)
-        shape = dict(in_channels=channels, hidden=m.channels or 64, image_size=size)
-        return warp_conv4(task.ways, **shape, **m.warp_options()) if m.warped else conv4(task.ways, **shape)
-    hidden = tuple(m.hidden_layers or (40, 40))
-    return warp_mlp(1, 1, hidden=hidden, **m.warp_options()) if m.warped else mlp(1, 1, hidden=hidden)
 
 
 def build_learner(task: TaskConfig, device: str | torch.device = "cpu") -> GradientMetaLearner:
@@ -45,7 +31,7 @@ def build_learner(task: TaskConfig, device: str | torch.device = "cpu") -> Gradi
 def build_scheduler(task: TaskConfig, learner: GradientMetaLearner) -> LambdaLR | None:
     """Torch's scheduler of the meta learning rate, or None when it stays constant."""
     if task.meta_schedule.name == "constant":
-        return None
+        return None  # torch's scheduler would only multiply by 1
     return schedule_optimizer(learner.meta_optimizer, build_schedule(task.meta_schedule, task.train.iterations))
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..datasets import Glyphs, MiniImageNet, Omniglot, Sinusoid
 from ..datasets.omniglot import ARCHIVES, DEFAULT_BASE_URL, LAKE_SPLITS, VINYALS_SPLITS
+from ..registry import Registry
 from .errors import RunError
-from .settings import DataSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .settings import DataSettings
 
 DEFAULT_IMAGE_SIZE = {"glyphs": 28, "omniglot": 28, "miniimagenet": 84}
 CHANNELS = {"glyphs": 1, "omniglot": 1, "miniimagenet": 3}
@@ -21,13 +24,13 @@ MINIIMAGENET_TERMS = (
 )
 
 
-def image_shape(data: DataSettings) -> tuple[int, int, int]:
+def image_shape(data: "DataSettings") -> tuple[int, int, int]:
     """``(channels, height, width)`` of the data set's images, known without reading it."""
     size = data.image_size or DEFAULT_IMAGE_SIZE[data.dataset]
     return CHANNELS[data.dataset], size, size
 
 
-def _root(data: DataSettings, wants: str) -> Path:
+def _root(data: "DataSettings", wants: str) -> Path:
     if data.root is None:
         raise RunError(f"data.dataset {data.dataset!r} needs its folder: pass --data-root DIR, the folder holding {wants}")
     root = Path(data.root)
@@ -36,7 +39,7 @@ def _root(data: DataSettings, wants: str) -> Path:
     return root
 
 
-def _check_omniglot(data: DataSettings, split: str) -> None:
+def _check_omniglot(data: "DataSettings", split: str) -> None:
     """The files :class:`Omniglot` will read, checked first so the error speaks the CLI's language."""
     root = _root(data, "images_background.zip and images_evaluation.zip")
     if data.download:
@@ -57,26 +60,44 @@ def _check_omniglot(data: DataSettings, split: str) -> None:
             )
 
 
-def open_split(data: DataSettings, role: str) -> Any:
+# ``opener(data, split, image_size)`` -> the episode source of one split, by ``data.dataset``.
+DATASETS: Registry[Callable[["DataSettings", str, Any], Any]] = Registry("data.dataset")
+
+
+@DATASETS.register("glyphs")
+def _glyphs(data: "DataSettings", split: str, size: int) -> Glyphs:
+    extra = {k: getattr(data, k) for k in ("num_characters", "samples_per_class") if getattr(data, k) is not None}
+    return Glyphs(split, seed=data.seed or 0, image_size=size, cache_dir=data.cache_dir, **extra)
+
+
+@DATASETS.register("omniglot")
+def _omniglot(data: "DataSettings", split: str, size: int) -> Omniglot:
+    _check_omniglot(data, split)
+    return Omniglot(data.root, split, splits_dir=data.splits_dir, download=data.download,
+                    cache_dir=data.cache_dir, image_size=size)
+
+
+@DATASETS.register("miniimagenet")
+def _miniimagenet(data: "DataSettings", split: str, size: int) -> MiniImageNet:
+    _root(data, "images/ with train.csv, val.csv, test.csv, or the pickles mini-imagenet-cache-*.pkl")
+    try:
+        return MiniImageNet(data.root, split, cache_dir=data.cache_dir, image_size=size, splits_dir=data.splits_dir)
+    except FileNotFoundError as err:
+        raise RunError(f"{err}; {MINIIMAGENET_TERMS}") from None
+
+
+@DATASETS.register("sinusoid")
+def _sinusoid(data: "DataSettings", split: str, size: None) -> Sinusoid:
+    return Sinusoid(noise_std=data.noise_std or 0.0)
+
+
+def open_split(data: "DataSettings", role: str) -> Any:
     """The episode source for ``role`` (``train``, ``val`` or ``test``): a data set split,
     or the sinusoid family (the same family for every role; manifests keep them apart)."""
     split = data.split(role)
     size = data.image_size or DEFAULT_IMAGE_SIZE.get(data.dataset)
     try:
-        if data.dataset == "sinusoid":
-            return Sinusoid(noise_std=data.noise_std or 0.0)
-        if data.dataset == "glyphs":
-            extra = {k: getattr(data, k) for k in ("num_characters", "samples_per_class") if getattr(data, k) is not None}
-            return Glyphs(split, seed=data.seed or 0, image_size=size, cache_dir=data.cache_dir, **extra)
-        if data.dataset == "omniglot":
-            _check_omniglot(data, split)
-            return Omniglot(data.root, split, splits_dir=data.splits_dir, download=data.download,
-                            cache_dir=data.cache_dir, image_size=size)
-        _root(data, "images/ with train.csv, val.csv, test.csv, or the pickles mini-imagenet-cache-*.pkl")
-        try:
-            return MiniImageNet(data.root, split, cache_dir=data.cache_dir, image_size=size, splits_dir=data.splits_dir)
-        except FileNotFoundError as err:
-            raise RunError(f"{err}; {MINIIMAGENET_TERMS}") from None
+        return DATASETS[data.dataset](data, split, size)
     except (ValueError, OSError) as err:
         raise RunError(f"data.{role}_split {split!r} of {data.dataset}: {err}") from None
 

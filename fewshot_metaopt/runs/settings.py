@@ -12,35 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from ..learners.config import WARP_ALGORITHMS, GradientMetaLearnerConfig
-from ..optim.meta_optimizer import METHODS as META_OPTIMIZER_METHODS
+from ..checks import ConfigError, at_least, choose, optional_positive
+from ..learners.algorithms import WARP_ALGORITHMS
+from ..learners.config import GradientMetaLearnerConfig
+from ..meta_training.rule_registry import RULES
 from ..warp.layers import WARP_INITS
+from .data_sources import DATASETS
+from .model_registry import MODELS
+from .schedule_factory import SCHEDULES
 
-DATASETS = ("glyphs", "omniglot", "miniimagenet", "sinusoid")
-MODELS = ("conv4", "mlp", "warp_conv4", "warp_mlp")
-WARP_MODELS = ("warp_conv4", "warp_mlp")
+WARP_MODELS = tuple(name for name in MODELS if name.startswith("warp_"))
 # The [learner] keys that only the Warp-Grad algorithms read.
 LEARNER_WARP_KEYS = ("warp_points", "warp_buffer_size")
-INNER_OPTIMIZERS = ("sgd", *META_OPTIMIZER_METHODS)
-SCHEDULES = ("constant", "cosine", "warmup", "cyclical")
-
-
-class SettingError(ValueError):
-    """A bad value of one key; ``key`` is its dotted name, so the loader can say where it was set."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(message)
-
-
-def _choose(key: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise SettingError(key, f"unknown {key} {value!r}; choose one of {', '.join(options)}")
-
-
-def _at_least(key: str, value: int | float | None, least: int | float) -> None:
-    if value is not None and value < least:
-        raise SettingError(key, f"{key} must be >= {least}, got {value}")
+# ``sgd`` is the learner's own rule; the others are the learned rules a MetaOptimizer builds.
+INNER_OPTIMIZERS = ("sgd", *RULES.names())
 
 
 @dataclass
@@ -74,10 +59,10 @@ class DataSettings:
     }
 
     def __post_init__(self) -> None:
-        _choose("data.dataset", self.dataset, DATASETS)
+        choose("data.dataset", self.dataset, DATASETS.names())
         for key in ("image_size", "num_characters", "samples_per_class"):
-            _at_least(f"data.{key}", getattr(self, key), 1)
-        _at_least("data.noise_std", self.noise_std, 0.0)
+            at_least(f"data.{key}", getattr(self, key), 1)
+        at_least("data.noise_std", self.noise_std, 0.0)
 
     def applicable(self) -> set[str]:
         return {"dataset", *self.ONLY[self.dataset]}
@@ -101,10 +86,10 @@ class EpisodeSettings:
     eval_queries: int | None = None
 
     def __post_init__(self) -> None:
-        _at_least("episodes.ways", self.ways, 1)
-        _at_least("episodes.shots", self.shots, 1)
-        _at_least("episodes.queries", self.queries, 1)
-        _at_least("episodes.eval_queries", self.eval_queries, 1)
+        at_least("episodes.ways", self.ways, 1)
+        at_least("episodes.shots", self.shots, 1)
+        at_least("episodes.queries", self.queries, 1)
+        at_least("episodes.eval_queries", self.eval_queries, 1)
 
     def applicable(self) -> set[str]:
         return {"ways", "shots", "queries", "eval_queries"}
@@ -134,12 +119,12 @@ class ModelSettings:
     }
 
     def __post_init__(self) -> None:
-        _choose("model.name", self.name, MODELS)
-        _at_least("model.channels", self.channels, 1)
+        choose("model.name", self.name, MODELS.names())
+        at_least("model.channels", self.channels, 1)
         if self.hidden_layers is not None and (not self.hidden_layers or min(self.hidden_layers) < 1):
-            raise SettingError("model.hidden_layers", f"model.hidden_layers must list positive widths, got {self.hidden_layers}")
+            raise ConfigError("model.hidden_layers", f"model.hidden_layers must list positive widths, got {self.hidden_layers}")
         if self.warp_init is not None:
-            _choose("model.warp_init", self.warp_init, WARP_INITS)
+            choose("model.warp_init", self.warp_init, WARP_INITS)
 
     def applicable(self) -> set[str]:
         return {"name", *self.ONLY[self.name]}
@@ -185,7 +170,7 @@ class InnerOptimizerSettings:
     )
 
     def __post_init__(self) -> None:
-        _choose("inner_optimizer.method", self.method, INNER_OPTIMIZERS)
+        choose("inner_optimizer.method", self.method, INNER_OPTIMIZERS)
 
     def applicable(self) -> set[str]:
         return {"method"} if self.method == "sgd" else {"method", *self.RULE_KEYS}
@@ -219,7 +204,7 @@ class ScheduleSettings:
     }
 
     def __post_init__(self) -> None:
-        _choose("meta_schedule.name", self.name, SCHEDULES)
+        choose("meta_schedule.name", self.name, SCHEDULES.names())
 
     def applicable(self) -> set[str]:
         return {"name", *self.ONLY[self.name]}
@@ -242,12 +227,11 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if self.iterations is None and self.minutes is None:
-            raise SettingError("train.iterations", "the budget needs train.iterations or train.minutes (or both)")
-        _at_least("train.iterations", self.iterations, 1)
-        if self.minutes is not None and self.minutes <= 0:
-            raise SettingError("train.minutes", f"train.minutes must be positive, got {self.minutes}")
+            raise ConfigError("train.iterations", "the budget needs train.iterations or train.minutes (or both)")
+        at_least("train.iterations", self.iterations, 1)
+        optional_positive("train.minutes", self.minutes)
         for key in ("meta_batch", "log_every", "checkpoint_every"):
-            _at_least(f"train.{key}", getattr(self, key), 1)
+            at_least(f"train.{key}", getattr(self, key), 1)
 
     def applicable(self) -> set[str]:
         return {"iterations", "minutes", "meta_batch", "log_every", "checkpoint_every"}
@@ -262,8 +246,8 @@ class ValidationSettings:
     episodes: int = 100
 
     def __post_init__(self) -> None:
-        _at_least("validation.every", self.every, 0)
-        _at_least("validation.episodes", self.episodes, 1)
+        at_least("validation.every", self.every, 0)
+        at_least("validation.episodes", self.episodes, 1)
 
     def applicable(self) -> set[str]:
         return {"every", "episodes"}
@@ -276,7 +260,7 @@ class EvaluationSettings:
     episodes: int = 600
 
     def __post_init__(self) -> None:
-        _at_least("evaluation.episodes", self.episodes, 1)
+        at_least("evaluation.episodes", self.episodes, 1)
 
     def applicable(self) -> set[str]:
         return {"episodes"}

@@ -17,8 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..learners.config import WARP_ALGORITHMS, GradientMetaLearnerConfig
-from ..optim.meta_optimizer import MetaOptimizerConfig
+from ..checks import ConfigError
+from ..learners.algorithms import WARP_ALGORITHMS
+from ..learners.config import GradientMetaLearnerConfig
+from ..meta_training.meta_optimizer import MetaOptimizerConfig
 from .errors import RunError
 from .schedule_factory import build_schedule
 from .settings import (
@@ -29,7 +31,6 @@ from .settings import (
     InnerOptimizerSettings,
     ModelSettings,
     ScheduleSettings,
-    SettingError,
     TopLevel,
     TrainSettings,
     ValidationSettings,
@@ -218,9 +219,13 @@ def _section(cls: type, prefix: str, given: Mapping[str, Any], origins: Origins)
             ) from None
     try:
         settings = cls(**checked)
-    except SettingError as err:
-        raise RunError(f"{origins.of(err.key)}: {err}") from None
-    except ValueError as err:  # the learner's own checks, which name no key
+    except ConfigError as err:
+        if "." in err.key:
+            raise RunError(f"{origins.of(err.key)}: {err}") from None
+        # A library config's own check names its field; the section says which table it is in.
+        section = prefix.rstrip(".")
+        raise RunError(f"{origins.of(section)}: [{section}] {err}") from None
+    except ValueError as err:  # the learner's checks of several keys together
         section = prefix.rstrip(".")
         raise RunError(f"{origins.of(section)}: [{section}] {err}") from None
     applicable = _applicable(settings)

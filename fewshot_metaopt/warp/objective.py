@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..losses import task_loss
+from ..engines.loss_step import step_on_loss
 from ..optim.rules.base import UpdateRule
-from ..optim.rules.loss_feature import with_loss
 from .replay import TrajectoryPoint
 
 BATCHES = ("support", "query")
@@ -47,9 +47,7 @@ def warp_step_loss(model: nn.Module, rule: UpdateRule, point: TrajectoryPoint, l
     fixed = {n: p for n, p in model.named_parameters() if n not in theta}
     x1, y1 = _batch(point, step_batch)
     inner = task_loss(functional_call(model, {**fixed, **theta}, (x1,)), y1, loss, "warp objective: step batch")
-    names = list(theta)
-    grads = torch.autograd.grad(inner, [theta[n] for n in names], create_graph=True)
-    stepped, _ = rule.update(theta, dict(zip(names, grads)), with_loss(point.rule_state, inner), point.step)
+    stepped, _ = step_on_loss(rule, theta, inner, point.rule_state, point.step, create_graph=True)
     x2, y2 = _batch(point, eval_batch)
     return task_loss(functional_call(model, {**fixed, **stepped}, (x2,)), y2, loss, "warp objective: eval batch")
 
@@ -75,3 +73,11 @@ def leap_init_gradient(trajectories: Sequence[Sequence[Dict[str, Tensor]]]) -> D
                 for n in total:
                     total[n] += segment[n] / length
     return {n: g / len(trajectories) for n, g in total.items()}
+
+
+def accumulate_leap_gradient(model: nn.Module, trajectories: Sequence[Sequence[Dict[str, Tensor]]]) -> None:
+    """Add :func:`leap_init_gradient` to the ``.grad`` of ``model``'s adapted parameters."""
+    params = dict(model.named_parameters())
+    for name, grad in leap_init_gradient(trajectories).items():
+        p = params[name]
+        p.grad = grad.to(p.dtype) if p.grad is None else p.grad + grad.to(p.dtype)

@@ -24,9 +24,9 @@ from torch.func import functional_call
 
 from ..episodes.episode import Episode
 from ..losses import task_loss
-from ..optim.tree import detached_tree as _detached
+from ..engines.loss_step import step_on_loss
 from ..optim.rules.base import Params, UpdateRule
-from ..optim.rules.loss_feature import with_loss
+from ..optim.tree import detached_tree
 from .layers import WarpedModel
 from .objective import BATCHES, warp_meta_loss
 from .replay import ReplayBuffer, TrajectoryPoint
@@ -54,9 +54,11 @@ class WarpGradRule(UpdateRule):
     def init(self, params: Params) -> Any:
         return self.inner.init({n: params[n] for n in self.adapted if n in params})
 
-    def update(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]:
+    def update(
+        self, params: Params, grads: Params, state: Any, step: int, loss: Tensor | None = None
+    ) -> tuple[Params, Any]:
         adapted = set(self.adapted)
-        return self.inner.update(params, {n: g for n, g in grads.items() if n in adapted}, state, step)
+        return self.inner.update(params, {n: g for n, g in grads.items() if n in adapted}, state, step, loss=loss)
 
     def warp_parameters(self) -> List[nn.Parameter]:
         return list(self.warps.parameters())
@@ -108,16 +110,15 @@ class WarpGradTrainer:
         trajectory = [params]
         for step in range(steps):
             if record:
-                self.buffer.add(TrajectoryPoint(params, _detached(state), step, episode))
+                self.buffer.add(TrajectoryPoint(params, detached_tree(state), step, episode))
             live = {n: p.requires_grad_() for n, p in ((n, p.detach()) for n, p in params.items())}
             where = f"task {task}: support at inner step {step}"
             loss = task_loss(functional_call(model, {**fixed, **live}, (episode.support_x,)), episode.support_y,
                              self.loss, where)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{where}: loss is {loss.item()}; lower the inner lr")
-            grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
             with torch.no_grad():
-                params, state = self.rule.update(live, grads, with_loss(state, loss), step)
+                params, state = step_on_loss(self.rule, live, loss, state, step)
             params = {n: p.detach() for n, p in params.items()}
             trajectory.append(params)
         with torch.no_grad():
@@ -142,7 +143,7 @@ class WarpGradTrainer:
         adapted = {n: params[n].detach() for n in self.adapted}
         if rule_state is None:
             rule_state = self.rule.init(adapted)
-        self.buffer.add(TrajectoryPoint(adapted, _detached(rule_state), step, episode))
+        self.buffer.add(TrajectoryPoint(adapted, detached_tree(rule_state), step, episode))
 
     def accumulate_warp_gradient(self, inputs: List[Tensor], scale: float = 1.0) -> float:
         """Add ``scale * d J / d inputs`` to the inputs' ``.grad`` (``inputs``: the warp

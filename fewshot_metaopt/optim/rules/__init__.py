@@ -1,10 +1,11 @@
 """Pure update rules (see :mod:`.base` for the contract)."""
 
 from .adam import AdamRule, AdamSlot
-from .base import Params, UpdateRule
+from .base import Params, UpdateRule, step_rule
 from .l2o import L2ORule, L2OSlot
 from .lstm_faithful import LSTMRule
-from .lstm_scalable import LSTM_VARIANTS, ScalableLSTMRule, ScalableSlot, lstm_rule
+from .lstm_scalable import ScalableLSTMRule, ScalableSlot
+from .lstm_variants import LSTM_VARIANTS, lstm_rule
 from .preprocess import log_sign_preprocess, param_bytes, state_bytes
 from .sgd import SGDRule
 
@@ -24,4 +25,5 @@ __all__ = [
     "lstm_rule",
     "param_bytes",
     "state_bytes",
+    "step_rule",
 ]

@@ -67,7 +67,9 @@ class AdamRule(UpdateRule):
         self._names = list(params)
         return {n: AdamSlot(0, torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
 
-    def update(self, params: Params, grads: Params, state: AdamState, step: int) -> tuple[Params, AdamState]:
+    def update(
+        self, params: Params, grads: Params, state: AdamState, step: int, loss: Tensor | None = None
+    ) -> tuple[Params, AdamState]:
         check_grads(params, grads, self.check_finite)
         beta1, beta2 = self.betas
         new, new_state = dict(params), dict(state)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Params, UpdateRule
-from .hyperparameters import integer, real
+from ... import checks
 from .loss_feature import loss_feature
 from .preprocess import check_grads, record_effective_lr, records_to_floats
 
@@ -37,10 +37,9 @@ EXTRA_FEATURES = 2  # the loss and the log step size
 
 
 class CombinerState(NamedTuple):
-    """Each pool rule's own state, and the loss a driver attached for the next update."""
+    """Each pool rule's own state."""
 
     pool: tuple
-    loss: Tensor | None = None
 
 
 class CombinerRule(UpdateRule):
@@ -69,13 +68,13 @@ class CombinerRule(UpdateRule):
         for i, rule in enumerate(pool):
             if not isinstance(rule, UpdateRule):
                 raise ValueError(f"CombinerRule pool entry {i} is a {type(rule).__name__}, not an UpdateRule")
-        mix = [1.0 / len(pool)] * len(pool) if mix is None else [real("CombinerRule", "mix weight", w, -math.inf, math.inf) for w in mix]
+        mix = [1.0 / len(pool)] * len(pool) if mix is None else [checks.real("mix weight", w, -math.inf, math.inf, owner="CombinerRule") for w in mix]
         if len(mix) != len(pool):
             raise ValueError(f"CombinerRule needs one mix weight per pool rule ({len(pool)}), got {len(mix)}")
-        hidden = [integer("CombinerRule", "hidden width", h, 1) for h in hidden]
+        hidden = [checks.integer("hidden width", h, 1, owner="CombinerRule") for h in hidden]
         if not hidden:
             raise ValueError("CombinerRule needs at least one hidden layer, got hidden=()")
-        self.eps = real("CombinerRule", "eps", eps, 0.0, math.inf)
+        self.eps = checks.real("eps", eps, 0.0, math.inf, owner="CombinerRule")
         self.check_finite = check_finite
         self.pool = nn.ModuleList(pool)
         # A buffer, not a parameter: the fixed mix is the reference the MLP learns corrections to.
@@ -104,18 +103,20 @@ class CombinerRule(UpdateRule):
         weights = self.mix + self.mlp(features)
         return (weights.to(proposals.dtype) * proposals).sum(dim=1)
 
-    def update(self, params: Params, grads: Params, state: CombinerState, step: int) -> tuple[Params, CombinerState]:
+    def update(
+        self, params: Params, grads: Params, state: CombinerState, step: int, loss: Tensor | None = None
+    ) -> tuple[Params, CombinerState]:
         check_grads(params, grads, self.check_finite)
         proposed, pool_states = [], []
         for rule, rule_state in zip(self.pool, state.pool):
-            new, rule_state = rule.update(params, grads, rule_state, step)
+            new, rule_state = rule.update(params, grads, rule_state, step, loss=loss)
             proposed.append(new)
             pool_states.append(rule_state)
         new = dict(params)
         for name, grad in grads.items():
             p = params[name]
             proposals = torch.stack([(candidate[name] - p).reshape(-1) for candidate in proposed], dim=1)
-            delta = self.combine(proposals, loss_feature(state.loss, like=p)).reshape(p.shape)
+            delta = self.combine(proposals, loss_feature(loss, like=p)).reshape(p.shape)
             new[name] = p + delta
             record_effective_lr(self._effective, name, delta, grad)
         return new, CombinerState(tuple(pool_states))

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .adam import AdamRule
 from .base import Params, UpdateRule
-from .hyperparameters import integer, optional_positive, positive, real
+from ... import checks
 from .preprocess import check_grads
 
 M_SHAPES = ("scalar", "diagonal", "full")
@@ -74,16 +74,16 @@ class ControlRule(UpdateRule):
     ) -> None:
         super().__init__()
         owner = "ControlRule"
-        self.lr = positive(owner, "lr", lr)
-        self.weight_decay = real(owner, "weight_decay", weight_decay, 0.0, 1.0)
-        self.history = integer(owner, "history (H)", history, 1)
-        self.rollout = integer(owner, "rollout (HH)", rollout, 1)
+        self.lr = checks.positive("lr", lr, owner=owner)
+        self.weight_decay = checks.real("weight_decay", weight_decay, 0.0, 1.0, owner=owner)
+        self.history = checks.integer("history (H)", history, 1, owner=owner)
+        self.rollout = checks.integer("rollout (HH)", rollout, 1, owner=owner)
         if self.rollout > self.history:
             raise ValueError(f"ControlRule needs rollout (HH) <= history (H), got HH={rollout} and H={history}")
         if m_shape not in M_SHAPES:
             raise ValueError(f"unknown ControlRule m_shape {m_shape!r}; choose one of {', '.join(M_SHAPES)}")
         self.m_shape = m_shape
-        self.grad_clip = optional_positive(owner, "grad_clip", grad_clip)
+        self.grad_clip = checks.optional_positive("grad_clip", grad_clip, owner=owner)
         self.names = list(shapes)
         if not self.names:
             raise ValueError("ControlRule got no parameters")
@@ -150,7 +150,9 @@ class ControlRule(UpdateRule):
         """The one formula: ``theta - wd theta - lr w + sum_i M_i window_i``."""
         return theta - self.weight_decay * theta - self.lr * disturbance + self.control(window)
 
-    def update(self, params: Params, grads: Params, state: ControlState, step: int) -> tuple[Params, ControlState]:
+    def update(
+        self, params: Params, grads: Params, state: ControlState, step: int, loss: Tensor | None = None
+    ) -> tuple[Params, ControlState]:
         check_grads(params, grads, self.check_finite)
         theta = self.flatten(params)
         grad = self.flatten(grads, like=theta)

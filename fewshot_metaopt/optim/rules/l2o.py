@@ -130,7 +130,9 @@ class L2ORule(UpdateRule):
         taus = torch.tensor(self.timescales, dtype=dtype, device=device)
         return torch.tanh(step / taus - 1.0)
 
-    def update(self, params: Params, grads: Params, state: L2OState, step: int) -> tuple[Params, L2OState]:
+    def update(
+        self, params: Params, grads: Params, state: L2OState, step: int, loss: Tensor | None = None
+    ) -> tuple[Params, L2OState]:
         check_grads(params, grads, self.check_finite)
         new, new_state = dict(params), dict(state)
         dtype = self.mlp[-1].weight.dtype

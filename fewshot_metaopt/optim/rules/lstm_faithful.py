@@ -121,7 +121,9 @@ class LSTMRule(UpdateRule):
             for name, p in params.items()
         }
 
-    def update(self, params: Params, grads: Params, state: FaithfulState, step: int) -> tuple[Params, FaithfulState]:
+    def update(
+        self, params: Params, grads: Params, state: FaithfulState, step: int, loss: Tensor | None = None
+    ) -> tuple[Params, FaithfulState]:
         check_grads(params, grads, self.check_finite)
         new, new_state = dict(params), dict(state)
         if not grads:

@@ -58,7 +58,6 @@ from .preprocess import check_grads, check_init, log_sign_preprocess, record_eff
 
 COORD_FEATURES = 4
 TENSOR_FEATURES = 2 * COORD_FEATURES + 1
-LSTM_VARIANTS = ("faithful", "scalable")
 
 
 class ScalableSlot(NamedTuple):
@@ -179,7 +178,9 @@ class ScalableLSTMRule(UpdateRule):
         estimate = (row[:, None] * col[None, :] / row.mean()).reshape(g2.shape)
         return (row, col), estimate
 
-    def update(self, params: Params, grads: Params, state: ScalableState, step: int) -> tuple[Params, ScalableState]:
+    def update(
+        self, params: Params, grads: Params, state: ScalableState, step: int, loss: Tensor | None = None
+    ) -> tuple[Params, ScalableState]:
         check_grads(params, grads, self.check_finite)
         new, new_state = dict(params), dict(state)
         if not grads:
@@ -233,13 +234,3 @@ class ScalableLSTMRule(UpdateRule):
         """Effective learning rate per tensor of the last update: ``mean|delta| / mean|grad|``
         (the SGD lr that would move the tensor as far); empty before the first update."""
         return records_to_floats(self._effective)
-
-
-def lstm_rule(variant: str = "faithful", **kwargs: Any) -> UpdateRule:
-    """``LSTMRule(**kwargs)`` for ``variant="faithful"`` (Andrychowicz 2016, 80x state) or
-    ``ScalableLSTMRule(**kwargs)`` for ``"scalable"`` (~1x state); for configs that name one."""
-    if variant == "faithful":
-        return LSTMRule(**kwargs)
-    if variant == "scalable":
-        return ScalableLSTMRule(**kwargs)
-    raise ValueError(f"unknown LSTM variant {variant!r}; choose one of {', '.join(LSTM_VARIANTS)}")

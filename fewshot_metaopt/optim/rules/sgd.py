@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+from torch import Tensor
 
 from ..learned_lr import LearnedLR
 from .base import Params, UpdateRule
@@ -32,7 +33,9 @@ class SGDRule(UpdateRule):
     ) -> "SGDRule":
         return cls(LearnedLR(shapes, granularity=granularity, init=lr, steps=steps, dtype=dtype))
 
-    def update(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]:
+    def update(
+        self, params: Params, grads: Params, state: Any, step: int, loss: Tensor | None = None
+    ) -> tuple[Params, Any]:
         new = dict(params)
         for name, grad in grads.items():
             new[name] = params[name] - self.lrs.lr(name, step) * grad

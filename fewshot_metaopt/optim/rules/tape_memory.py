@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .hyperparameters import integer, real
+from ... import checks
 
 
 class DifferentiableTape(nn.Module):
@@ -27,9 +27,9 @@ class DifferentiableTape(nn.Module):
 
     def __init__(self, slots: int = 32, dim: int = 16, decay: float = 0.95) -> None:
         super().__init__()
-        self.slots = integer("DifferentiableTape", "slots", slots, 1)
-        self.dim = integer("DifferentiableTape", "dim", dim, 1)
-        self.decay = real("DifferentiableTape", "decay", decay, 0.0, 1.0)
+        self.slots = checks.integer("slots", slots, 1, owner="DifferentiableTape")
+        self.dim = checks.integer("dim", dim, 1, owner="DifferentiableTape")
+        self.decay = checks.real("decay", decay, 0.0, 1.0, owner="DifferentiableTape")
         if self.decay == 1.0:
             raise ValueError("DifferentiableTape needs decay < 1 (a leak keeps the memory bounded), got 1.0")
         self.write_head = nn.Linear(self.dim, self.slots)

@@ -16,10 +16,9 @@ Bounded by construction, so an untrained or badly trained tape cannot take an un
 hyperparameters and meta-training starts from that baseline; the seed used torch's random
 initialisation, which starts at a random learning rate anywhere in the range.
 
-The loss enters only as a feature: drivers attach it with
-:func:`~fewshot_metaopt.optim.rules.loss_feature.with_loss` (the learners' engines attach the
-support loss of each inner step). Out of place throughout; the gradients enter with their
-graph, so the driver decides first or second order.
+The loss enters only as a feature, the ``loss`` argument of ``update`` (the learners' engines
+pass the support loss of each inner step). Out of place throughout; the gradients enter with
+their graph, so the driver decides first or second order.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Params, UpdateRule
-from .hyperparameters import integer, positive, real
+from ... import checks
 from .loss_feature import loss_feature
 from .preprocess import check_grads, record_effective_lr, records_to_floats
 from .tape_memory import DifferentiableTape
@@ -45,11 +44,10 @@ WD_BIAS = -9.0  # 1e-4 * softplus(-9) = 1.2e-8: the base weight decay, near enou
 
 
 class TapeState(NamedTuple):
-    """The memory, each tensor's previous update (what momentum reads), and the attached loss."""
+    """The memory and each tensor's previous update (what momentum reads)."""
 
     memory: Tensor
     updates: Dict[str, Tensor]
-    loss: Tensor | None = None
 
 
 class TapeSGDRule(UpdateRule):
@@ -73,10 +71,10 @@ class TapeSGDRule(UpdateRule):
         check_finite: bool = True,
     ) -> None:
         super().__init__()
-        self.lr = positive("TapeSGDRule", "lr", lr)
-        self.momentum = real("TapeSGDRule", "momentum", momentum, 0.0, MOMENTUM_MAX)
-        self.weight_decay = real("TapeSGDRule", "weight_decay", weight_decay, 0.0, WEIGHT_DECAY_MAX)
-        integer("TapeSGDRule", "dim", dim, FEATURES)
+        self.lr = checks.positive("lr", lr, owner="TapeSGDRule")
+        self.momentum = checks.real("momentum", momentum, 0.0, MOMENTUM_MAX, owner="TapeSGDRule")
+        self.weight_decay = checks.real("weight_decay", weight_decay, 0.0, WEIGHT_DECAY_MAX, owner="TapeSGDRule")
+        checks.integer("dim", dim, FEATURES, owner="TapeSGDRule")
         self.check_finite = check_finite
         self.tape = DifferentiableTape(slots=slots, dim=dim, decay=decay)
         self.coeff_proj = nn.Linear(dim, 3)
@@ -103,11 +101,13 @@ class TapeSGDRule(UpdateRule):
         decay = torch.clamp(self.weight_decay + 1e-4 * F.softplus(raw[2]), 0.0, WEIGHT_DECAY_MAX)
         return lr, momentum, decay
 
-    def update(self, params: Params, grads: Params, state: TapeState, step: int) -> tuple[Params, TapeState]:
+    def update(
+        self, params: Params, grads: Params, state: TapeState, step: int, loss: Tensor | None = None
+    ) -> tuple[Params, TapeState]:
         check_grads(params, grads, self.check_finite)
         if not grads:
-            return dict(params), state._replace(loss=None)
-        features = self.features(state.loss, grads, step)
+            return dict(params), state
+        features = self.features(loss, grads, step)
         memory = self.tape.write(state.memory, features)
         lr, momentum, decay = self.coefficients(self.tape.read(memory, features))
         new, updates = dict(params), dict(state.updates)

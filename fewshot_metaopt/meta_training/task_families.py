@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..losses import LOSSES, task_loss
-from .rules.base import Params
-from .rules.hyperparameters import integer, real
+from ..optim.rules.base import Params
+from .. import checks
 
 
 class QuadraticTask:
@@ -42,8 +42,8 @@ class QuadraticTasks:
     """Random convex quadratics of ``dim`` coordinates and condition number ``condition``."""
 
     def __init__(self, dim: int = 10, condition: float = 10.0, dtype: torch.dtype = torch.float32) -> None:
-        self.dim = integer("QuadraticTasks", "dim", dim, 1)
-        self.condition = real("QuadraticTasks", "condition", condition, 1.0, math.inf)
+        self.dim = checks.integer("dim", dim, 1, owner="QuadraticTasks")
+        self.condition = checks.real("condition", condition, 1.0, math.inf, owner="QuadraticTasks")
         self.dtype = dtype
 
     def sample(self, generator: torch.Generator) -> QuadraticTask:
@@ -75,8 +75,8 @@ class EpisodeTasks:
     def __init__(
         self, source: Any, make_model: Callable[[], nn.Module], ways: int = 1, shots: int = 10, loss: str = "auto"
     ) -> None:
-        self.ways = integer("EpisodeTasks", "ways", ways, 1)
-        self.shots = integer("EpisodeTasks", "shots", shots, 1)
+        self.ways = checks.integer("ways", ways, 1, owner="EpisodeTasks")
+        self.shots = checks.integer("shots", shots, 1, owner="EpisodeTasks")
         if loss not in LOSSES:
             raise ValueError(f"unknown EpisodeTasks loss {loss!r}; choose one of {', '.join(LOSSES)}")
         source.validate(self.ways, self.shots, 0)

@@ -1,6 +1,7 @@
-"""Rules that read the loss (the combiner, the tape rule) get each inner step's support loss
-from every driver: both engines of the learners (looped and vmapped),
-``MetaOptimizer.meta_train_step``, and the Warp-Grad trajectories and objective."""
+"""The ``loss`` argument of the rule contract: rules that read it (the combiner, the tape rule)
+get each inner step's support loss from every driver (both engines of the learners, looped and
+vmapped, ``MetaOptimizer.meta_train_step``, the Warp-Grad trajectories and objective), and
+the drivers' meta-gradients agree with it."""
 
 from typing import NamedTuple
 
@@ -11,6 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fewshot_metaopt import GradientMetaLearner, GradientMetaLearnerConfig, MetaOptimizer, MetaOptimizerConfig
+from fewshot_metaopt.engines import func_engine
 from fewshot_metaopt.optim import UpdateRule
 from fewshot_metaopt.optim.rules.tape_sgd import TapeSGDRule
 from fewshot_metaopt.warp import warp_mlp
@@ -36,8 +38,8 @@ class LossSpy(UpdateRule):
     def init(self, params):
         return SpyState()
 
-    def update(self, params, grads, state, step):
-        self.seen.append(None if state.loss is None else float(state.loss))
+    def update(self, params, grads, state, step, loss=None):
+        self.seen.append(None if loss is None else float(loss))
         new = {n: p - LR * grads[n] if n in grads else p for n, p in params.items()}
         return new, SpyState()
 
@@ -98,7 +100,8 @@ def test_vmapped_tasks_feed_the_loss_like_the_loop(monkeypatch):
     for g, e in zip(vmapped, loop):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
     # Not vacuous: without the loss the same rule gives another meta-gradient.
-    monkeypatch.setattr("fewshot_metaopt.engines.func_engine.with_loss", lambda state, loss: state)
+    real_step = func_engine.step_rule
+    monkeypatch.setattr(func_engine, "step_rule", lambda rule, p, g, s, k, loss=None: real_step(rule, p, g, s, k))
     blind = tape_meta_gradient(vmap_tasks=True)
     assert any(not torch.allclose(a, b, rtol=1e-6) for a, b in zip(blind, vmapped))
 
@@ -108,7 +111,7 @@ def test_meta_train_step_hands_the_rule_every_support_loss():
     episode = classification_episodes(1, (3,))[0]
     expected = support_losses(model, episode, 4)
     mo = MetaOptimizer(model, MetaOptimizerConfig(method="meta_sgd", inner_steps=4, unroll_steps=2))
-    mo.rule = spy
+    mo.rule = mo.tbptt.rule = spy
     mo.meta_train_step([episode], model)
     assert spy.seen == pytest.approx(expected, rel=1e-12)
 

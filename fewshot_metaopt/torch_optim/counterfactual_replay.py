@@ -28,8 +28,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from .rules.base import Params
-from .rules.control import ControlRule
+from ..optim.rules.base import Params
+from ..optim.rules.control import ControlRule
 
 LossFn = Callable[[Params, Any], Tensor]
 

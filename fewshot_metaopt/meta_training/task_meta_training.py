@@ -3,27 +3,27 @@
 For each task the rule runs ``inner_steps`` updates from the task's starting point; the
 meta-loss is the task loss after the last update, averaged over the tasks of a meta-step,
 backpropagated through the whole unroll into the rule's parameters; the meta-gradient's norm is
-clipped and Adam steps the rule. This is seed 002's loop with two changes: the meta-loss is the
-loss *after* the last update (the seed took the loss before it, so its last update was never
-judged), and tasks come from a family instead of one fixed quadratic.
+clipped and Adam steps the rule. The meta-loss is the loss *after* the last update (a loss
+taken before it would never judge the last update), and tasks come from a family, not one
+fixed problem.
 
-The gradients fed to the rule keep their graph (``second_order=True``, the seed's
-``create_graph=True``); ``second_order=False`` feeds them as constants (cheaper; the
-Andrychowicz et al. convention). Any update rule works; features a rule computes from detached
-values (the tape's) are constants of the meta-gradient, as the rule intends.
+The gradients fed to the rule keep their graph by default (``second_order=True``);
+``second_order=False`` feeds them as constants (cheaper; the Andrychowicz et al. convention).
+Any update rule works; features a rule computes from detached values (the tape's) are
+constants of the meta-gradient, as the rule intends.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .rules.base import UpdateRule
-from .rules.hyperparameters import integer, optional_positive, positive
-from .rules.loss_feature import with_loss
+from .. import checks
+from ..engines.loss_step import step_on_loss
+from ..optim.outer_step import clipped_step
+from ..optim.rules.base import UpdateRule
 
 
 def unrolled_loss(rule: UpdateRule, task: Any, inner_steps: int, second_order: bool = True) -> Tensor:
@@ -34,12 +34,7 @@ def unrolled_loss(rule: UpdateRule, task: Any, inner_steps: int, second_order: b
         loss = task.loss(params)
         if not torch.isfinite(loss):
             raise ValueError(f"the task loss is {loss.item()} at inner step {step}; lower the rule's lr")
-        names = list(params)
-        grads = torch.autograd.grad(
-            loss, [params[n] for n in names], create_graph=second_order, retain_graph=True, allow_unused=True
-        )
-        grads = {n: g for n, g in zip(names, grads) if g is not None}
-        params, state = rule.update(params, grads, with_loss(state, loss), step)
+        params, state = step_on_loss(rule, params, loss, state, step, create_graph=second_order, retain_graph=True)
     return task.loss(params)
 
 
@@ -59,11 +54,11 @@ def meta_train_on_tasks(
     Tasks are drawn from a generator seeded with ``seed``: the same call trains the same rule.
     A non-finite meta-gradient raises before the rule is touched.
     """
-    meta_steps = integer("meta_train_on_tasks", "meta_steps", meta_steps, 1)
-    inner_steps = integer("meta_train_on_tasks", "inner_steps", inner_steps, 1)
-    tasks_per_step = integer("meta_train_on_tasks", "tasks_per_step", tasks_per_step, 1)
-    meta_lr = positive("meta_train_on_tasks", "meta_lr", meta_lr)
-    clip = optional_positive("meta_train_on_tasks", "clip", clip)
+    meta_steps = checks.integer("meta_steps", meta_steps, 1, owner="meta_train_on_tasks")
+    inner_steps = checks.integer("inner_steps", inner_steps, 1, owner="meta_train_on_tasks")
+    tasks_per_step = checks.integer("tasks_per_step", tasks_per_step, 1, owner="meta_train_on_tasks")
+    meta_lr = checks.positive("meta_lr", meta_lr, owner="meta_train_on_tasks")
+    clip = checks.optional_positive("clip", clip, owner="meta_train_on_tasks")
     parameters = list(rule.parameters())
     if not parameters:
         raise ValueError(f"{type(rule).__name__} has no parameters to meta-train")
@@ -75,9 +70,7 @@ def meta_train_on_tasks(
         optimizer.zero_grad(set_to_none=True)
         meta_loss = sum(unrolled_loss(rule, task, inner_steps, second_order) for task in tasks) / len(tasks)
         meta_loss.backward()
-        norm = float(torch.nn.utils.clip_grad_norm_(parameters, clip if clip is not None else math.inf))
-        if not math.isfinite(norm):
-            raise ValueError(f"the meta-gradient norm is {norm} at meta-step {meta_step}; nothing was updated")
-        optimizer.step()
+        clipped_step(optimizer, parameters, clip, lambda norm: ValueError(
+            f"the meta-gradient norm is {norm} at meta-step {meta_step}; nothing was updated"))
         history.append(float(meta_loss.detach()))
     return history

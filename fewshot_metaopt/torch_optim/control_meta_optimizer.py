@@ -37,17 +37,17 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .control_replay import LossFn, ReplayRecord, counterfactual_loss
-from .tree import detached_tree as _detached
-from .named_optimizer import NamedOptimizer
-from .rules.control import ControlRule
-from .rules.hyperparameters import optional_positive, real
-from .rules.preprocess import state_bytes
+from .. import checks
+from ..optim.outer_step import OUTER_OPTIMIZERS
+from ..optim.rules.base import step_rule
+from ..optim.rules.control import ControlRule
+from ..optim.rules.preprocess import state_bytes
+from ..optim.tree import detached_tree
+from .counterfactual_replay import LossFn, ReplayRecord, counterfactual_loss
+from .rule_optimizer import RuleOptimizer
 
-M_OPTIMIZERS = ("sgd", "adam")
 
-
-class ControlMetaOptimizer(NamedOptimizer):
+class ControlMetaOptimizer(RuleOptimizer):
     """Seed 003's meta-optimizer (see the module docstring).
 
     Args:
@@ -78,7 +78,7 @@ class ControlMetaOptimizer(NamedOptimizer):
         freeze: bool = False,
         check_finite: bool = True,
     ) -> None:
-        super().__init__(params, "ControlMetaOptimizer")
+        super().__init__(params, owner="ControlMetaOptimizer")
         owner = "ControlMetaOptimizer"
         params = self.named_params()
         reference = next(iter(params.values()))
@@ -93,20 +93,16 @@ class ControlMetaOptimizer(NamedOptimizer):
             rollout=rollout, m_shape=m_shape, grad_clip=grad_clip,
             adam_betas=None if adam_betas is None else tuple(adam_betas), check_finite=check_finite,
         ).to(device=reference.device, dtype=reference.dtype)
-        m_lr = real(owner, "m_lr", m_lr, 0.0, math.inf)
-        if m_optimizer not in M_OPTIMIZERS:
-            raise ValueError(f"unknown {owner} m_optimizer {m_optimizer!r}; choose one of {', '.join(M_OPTIMIZERS)}")
-        self.m_optimizer_name = m_optimizer
-        kind = torch.optim.SGD if m_optimizer == "sgd" else torch.optim.Adam
-        self.m_optimizer = kind([self.rule.M], lr=m_lr)
-        self.m_grad_clip = optional_positive(owner, "m_grad_clip", m_grad_clip)
+        m_lr = checks.real("m_lr", m_lr, 0.0, math.inf, owner=owner)
+        self.m_optimizer_name = checks.choose(f"{owner} m_optimizer", m_optimizer, OUTER_OPTIMIZERS.names())
+        self.m_optimizer = OUTER_OPTIMIZERS[m_optimizer]([self.rule.M], lr=m_lr)
+        self.m_grad_clip = checks.optional_positive("m_grad_clip", m_grad_clip, owner=owner)
         self.freeze = bool(freeze)
         if loss_fn is None and not self.freeze:
             raise ValueError(f"{owner} learns M by replaying past batches: give loss_fn(params, batch), or freeze=True")
         if loss_fn is not None and not callable(loss_fn):
             raise ValueError(f"{owner} loss_fn must be callable, got {type(loss_fn).__name__}")
         self.loss_fn = loss_fn
-        self.rule_state: Any = None
         self.records: deque[ReplayRecord] = deque(maxlen=self.rule.rollout)
         self.episode_steps = 0
         self.last_counterfactual_loss: Tensor | None = None
@@ -151,9 +147,9 @@ class ControlMetaOptimizer(NamedOptimizer):
             self._learn(state, batch)
         if not self.freeze:
             self.records.append(ReplayRecord(self.rule.flatten(params), batch, state.rescaler))
-        new, state = self.rule.update(params, grads, state, self.episode_steps)
+        new, state = step_rule(self.rule, params, grads, state, self.episode_steps, loss)
         self.write(new)
-        self.rule_state = _detached(state)
+        self.rule_state = detached_tree(state)
         self.steps_taken += 1
         self.episode_steps += 1
         return loss

@@ -25,13 +25,11 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .tree import detached_tree as _detached
-from .named_optimizer import NamedOptimizer
-from .rules.loss_feature import with_loss
-from .rules.tape_sgd import TapeSGDRule
+from ..optim.rules.tape_sgd import TapeSGDRule
+from .rule_optimizer import RuleOptimizer
 
 
-class AdaptiveSGDWithTape(NamedOptimizer):
+class AdaptiveSGDWithTape(RuleOptimizer):
     """Seed 002's adaptive SGD (see the module docstring).
 
     Args:
@@ -42,7 +40,7 @@ class AdaptiveSGDWithTape(NamedOptimizer):
     """
 
     def __init__(self, params: Iterable[Any] | nn.Module, rule: TapeSGDRule | None = None, **rule_options: Any) -> None:
-        super().__init__(params, "AdaptiveSGDWithTape")
+        super().__init__(params, owner="AdaptiveSGDWithTape")
         if rule is None:
             rule = TapeSGDRule(**rule_options)
         elif not isinstance(rule, TapeSGDRule):
@@ -53,7 +51,6 @@ class AdaptiveSGDWithTape(NamedOptimizer):
             )
         reference = next(iter(self.named_params().values()))
         self.rule = rule.to(device=reference.device, dtype=reference.dtype)
-        self.rule_state: Any = None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, loss: Tensor | None = None) -> Tensor:
@@ -65,12 +62,7 @@ class AdaptiveSGDWithTape(NamedOptimizer):
                 "AdaptiveSGDWithTape.step needs the loss, one of its tape's features: step(closure) or step(loss=loss)"
             )
         loss = self.checked_loss(loss)
-        params, grads = self.named_params(), self.gradients()
-        state = self.rule_state if self.rule_state is not None else self.rule.init(params)
-        new, state = self.rule.update(params, grads, with_loss(state, loss), self.steps_taken)
-        self.write({name: new[name] for name in grads})
-        self.rule_state = _detached(state)
-        self.steps_taken += 1
+        self.apply_rule(self.gradients(), loss)
         return loss
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -83,10 +75,3 @@ class AdaptiveSGDWithTape(NamedOptimizer):
             "dim": tape.dim,
             "decay": tape.decay,
         }
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"rule": self.rule.state_dict(), "rule_state": self.rule_state}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.rule.load_state_dict(state["rule"])
-        self.rule_state = state["rule_state"]

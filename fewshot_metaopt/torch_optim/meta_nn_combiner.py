@@ -33,19 +33,25 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .tree import detached_tree as _detached
-from .named_optimizer import NamedOptimizer
-from .rules.adam import AdamRule
-from .rules.base import UpdateRule
-from .rules.combiner import CombinerRule
-from .rules.hyperparameters import optional_positive, positive, real
-from .rules.loss_feature import with_loss
-from .rules.sgd import SGDRule
+from .. import checks
+from ..optim.outer_step import clipped_step
+from ..optim.rules.adam import AdamRule
+from ..optim.rules.base import UpdateRule, step_rule
+from ..optim.rules.combiner import CombinerRule
+from ..optim.rules.sgd import SGDRule
+from ..optim.tree import detached_tree
+from ..registry import Registry
+from .rule_optimizer import RuleOptimizer
 
-POOL_NAMES = ("sgd", "adam")
+# The rules a pool names, built from the combiner's own learning rates.
+POOL_RULES: Registry[Callable[["MetaNNCombiner", dict, torch.dtype], UpdateRule]] = Registry("MetaNNCombiner pool entry")
+POOL_RULES.register("sgd", lambda opt, shapes, dtype: SGDRule.for_params(shapes, lr=opt.sgd_lr, dtype=dtype))
+# The combiner checks the gradients once for the whole pool.
+POOL_RULES.register("adam", lambda opt, shapes, dtype: AdamRule(lr=opt.adam_lr, check_finite=False))
+POOL_NAMES = POOL_RULES.names()
 
 
-class MetaNNCombiner(NamedOptimizer):
+class MetaNNCombiner(RuleOptimizer):
     """Seed 000's Meta-NN optimizer combiner (see the module docstring).
 
     Args:
@@ -74,11 +80,11 @@ class MetaNNCombiner(NamedOptimizer):
         learn: bool = True,
         check_finite: bool = True,
     ) -> None:
-        super().__init__(params, "MetaNNCombiner")
-        self.sgd_lr = positive("MetaNNCombiner", "sgd_lr", sgd_lr)
-        self.adam_lr = positive("MetaNNCombiner", "adam_lr", adam_lr)
-        meta_lr = real("MetaNNCombiner", "meta_lr", meta_lr, 0.0, math.inf)
-        self.meta_clip = optional_positive("MetaNNCombiner", "meta_clip", meta_clip)
+        super().__init__(params, owner="MetaNNCombiner")
+        self.sgd_lr = checks.positive("sgd_lr", sgd_lr, owner="MetaNNCombiner")
+        self.adam_lr = checks.positive("adam_lr", adam_lr, owner="MetaNNCombiner")
+        meta_lr = checks.real("meta_lr", meta_lr, 0.0, math.inf, owner="MetaNNCombiner")
+        self.meta_clip = checks.optional_positive("meta_clip", meta_clip, owner="MetaNNCombiner")
         self.learn = bool(learn)
         params = self.named_params()
         reference = next(iter(params.values()))
@@ -88,20 +94,16 @@ class MetaNNCombiner(NamedOptimizer):
         self.rule = CombinerRule(rules, mix=mix, hidden=hidden, check_finite=check_finite)
         self.rule.to(device=reference.device, dtype=reference.dtype)
         self.meta_optimizer = torch.optim.Adam(self.rule.parameters(), lr=meta_lr)
-        self.rule_state: Any = None
         self.last_meta_loss: Tensor | None = None
 
     def _pool_rule(self, entry: str | UpdateRule, shapes, dtype: torch.dtype) -> UpdateRule:
         if isinstance(entry, UpdateRule):
             return entry
-        if entry == "sgd":
-            return SGDRule.for_params(shapes, lr=self.sgd_lr, dtype=dtype)
-        if entry == "adam":
-            # The combiner checks the gradients once for the whole pool.
-            return AdamRule(lr=self.adam_lr, check_finite=False)
-        raise ValueError(
-            f"MetaNNCombiner pool entries are {', '.join(map(repr, POOL_NAMES))} or update rules, got {entry!r}"
-        )
+        if not isinstance(entry, str) or entry not in POOL_RULES:
+            raise ValueError(
+                f"MetaNNCombiner pool entries are {', '.join(map(repr, POOL_NAMES))} or update rules, got {entry!r}"
+            )
+        return POOL_RULES[entry](self, shapes, dtype)
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         if closure is None and self.learn:
@@ -119,16 +121,14 @@ class MetaNNCombiner(NamedOptimizer):
         # A copy, not the parameters themselves: they are overwritten before the meta backward
         # pass, which must not see them change.
         before = {name: p.detach().clone() for name, p in self.named_params().items()}
-        state = self.rule_state if self.rule_state is not None else self.rule.init(before)
-        if loss is not None:
-            state = with_loss(state, loss)
         with torch.set_grad_enabled(self.learn):
-            new, state = self.rule.update(before, {n: g.detach() for n, g in grads.items()}, state, self.steps_taken)
+            new, state = step_rule(self.rule, before, {n: g.detach() for n, g in grads.items()}, self.rule_state,
+                                   self.steps_taken, loss)
         updated = {name: new[name] for name in grads}
         self.write(updated)
         if self.learn:
             self._meta_step(closure, updated, before)
-        self.rule_state = _detached(state)
+        self.rule_state = detached_tree(state)
         self.steps_taken += 1
         return loss
 
@@ -145,12 +145,8 @@ class MetaNNCombiner(NamedOptimizer):
         names = [name for name in updated if name in lookahead]
         self.meta_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward([updated[n] for n in names], [lookahead[n] for n in names])
-        clip = self.meta_clip if self.meta_clip is not None else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(list(self.rule.parameters()), clip))
-        if not math.isfinite(norm):
-            self.meta_optimizer.zero_grad(set_to_none=True)
-            raise ValueError(f"MetaNNCombiner: the meta-gradient norm is {norm} at step {self.steps_taken}")
-        self.meta_optimizer.step()
+        clipped_step(self.meta_optimizer, self.rule.parameters(), self.meta_clip,
+                     lambda norm: ValueError(f"MetaNNCombiner: the meta-gradient norm is {norm} at step {self.steps_taken}"))
         self.meta_optimizer.zero_grad(set_to_none=True)
         self.zero_grad(set_to_none=True)
 

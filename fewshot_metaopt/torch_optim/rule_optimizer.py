@@ -1,28 +1,37 @@
-"""What the seed optimizers share as ``torch.optim.Optimizer`` classes.
+"""An update rule as a ``torch.optim.Optimizer``: the one adapter every front end shares.
 
-Each one drives a pure update rule over *named* parameters (rules key their state by name),
-and learns something of its own (a network, a tape, control matrices) that torch's per-parameter
-``state`` cannot hold. So this base class keeps one parameter group whose names travel in
-``param_groups[0]["param_names"]`` (torch's own key, filled here for every torch version), and
-saves everything else under one extra key of :meth:`state_dict`, deep-copied, so a checkpoint
-is a snapshot even of tensors the optimizer later updates in place. Hyperparameters are fixed
-at construction and stored with the checkpoint; loading one saved with other hyperparameters is
-an error naming the first that differs.
+:class:`RuleOptimizer` steps a pure rule (:func:`~fewshot_metaopt.optim.rules.base.step_rule`)
+over *named* parameters, in place, without a meta-gradient: ``opt.step(closure)`` like any
+torch optimizer. Rules key their state by name, so the names travel in
+``param_groups[0]["param_names"]`` (torch's own key, filled here for every torch version) in
+one group. The higher engine registers a differentiable twin of it, so
+``higher.innerloop_ctx(model, RuleOptimizer(model.named_parameters(), rule))`` runs the rule
+with its meta-gradients in a user's own loop. The rule (and its learnable tensors) is an
+attribute, never in ``param_groups``: higher deep-copies the groups, which would cut the
+meta-gradient to anything stored there.
+
+The three optimizers that learn something of their own while they train (a network, a tape,
+control matrices) subclass it; what torch's per-parameter ``state`` cannot hold is saved under
+one extra key of :meth:`state_dict`, deep-copied, so a checkpoint is a snapshot even of tensors
+the optimizer later updates in place. Hyperparameters are fixed at construction and stored
+with the checkpoint; loading one saved with other hyperparameters is an error naming the first
+that differs.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from .rules.base import Params
+from ..optim.rules.base import Params, UpdateRule, step_rule
+from ..optim.tree import detached_tree
 
+# The key keeps the name checkpoints were first saved under, so they still load.
 EXTRA = "seed_optimizer"
-
 
 def named_tensors(params: Any, owner: str) -> list[tuple[str, Tensor]]:
     """``(name, tensor)`` pairs from a module, from such pairs, or from bare tensors (named
@@ -52,16 +61,28 @@ def named_tensors(params: Any, owner: str) -> list[tuple[str, Tensor]]:
     return named
 
 
-class NamedOptimizer(torch.optim.Optimizer):
-    """One group of named parameters driven by a rule; subclasses define ``step``,
-    :meth:`hyperparameters`, :meth:`extra_state` and :meth:`load_extra_state`."""
+class RuleOptimizer(torch.optim.Optimizer):
+    """``rule`` over one group of named parameters (see the module docstring).
 
-    def __init__(self, params: Iterable[Any] | nn.Module, owner: str) -> None:
+    Args:
+        params: a module, ``(name, tensor)`` pairs, or bare tensors (named ``"0"``, ``"1"``, ...).
+        rule: the update rule; subclasses that build their own pass it later.
+    """
+
+    def __init__(self, params: Iterable[Any] | nn.Module, rule: UpdateRule | None = None,
+                 owner: str = "RuleOptimizer") -> None:
         named = named_tensors(params, owner)
         group = {"params": [t for _, t in named], "param_names": [n for n, _ in named]}
         super().__init__([group], defaults={})
         self.owner = owner
+        self.rule = rule
+        self.rule_state: Any = None
         self.steps_taken = 0
+
+    @property
+    def step_count(self) -> int:
+        """Steps taken so far (``OptimizerState``'s name for it)."""
+        return self.steps_taken
 
     # ------------------------------------------------------------------------- parameters
 
@@ -90,16 +111,39 @@ class NamedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{self.owner}: the loss is {value} at step {self.steps_taken}")
         return loss.detach().reshape(())
 
+    # ------------------------------------------------------------------------- stepping
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None, loss: Tensor | None = None) -> Tensor | None:
+        """One rule step on the current ``.grad``; ``closure`` (zero_grad, forward, backward,
+        return the loss) runs first when given, and its loss, or ``loss``, goes to the rule."""
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.apply_rule(self.gradients(), loss)
+        return loss
+
+    @torch.no_grad()
+    def apply_rule(self, grads: Params, loss: Tensor | None) -> None:
+        """One rule step on ``grads``, written into the parameters; the state is kept detached."""
+        params = self.named_params()
+        new, state = step_rule(self.rule, params, grads, self.rule_state, self.steps_taken, loss)
+        self.write({name: new[name] for name in grads})
+        self.rule_state = detached_tree(state)
+        self.steps_taken += 1
+
     # ------------------------------------------------------------------------- saving
 
     def hyperparameters(self) -> dict[str, Any]:
-        raise NotImplementedError  # pragma: no cover - each optimizer defines it
+        """What must match for a saved state to load (the subclasses' constructor choices)."""
+        return {}
 
     def extra_state(self) -> dict[str, Any]:
-        raise NotImplementedError  # pragma: no cover - each optimizer defines it
+        return {"rule": self.rule.state_dict(), "rule_state": self.rule_state}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError  # pragma: no cover - each optimizer defines it
+        self.rule.load_state_dict(state["rule"])
+        self.rule_state = state["rule_state"]
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -1,0 +1,33 @@
+"""How a learner turns a meta-batch into a meta-gradient: one strategy per way of running the
+tasks, each talking to the learner only through its public methods (``inner_loop``,
+``forward``, ``loss``, ``checked``, ``step_weights``, ``training_mode``, ``meta_parameters``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, List
+
+from ..episodes.episode import Episode
+from ..registry import Registry
+from .config import GradientMetaLearnerConfig
+from .results import MetaTrainResult
+from .task_loop import accumulate_task_loop_meta_gradient
+from .vmapped_tasks import accumulate_vmapped_meta_gradient
+from .warp_maml import accumulate_warp_meta_gradient
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .gradient_meta_learner import GradientMetaLearner
+
+Strategy = Callable[["GradientMetaLearner", List[Episode]], MetaTrainResult]
+
+STRATEGIES: Registry[Strategy] = Registry("meta-gradient strategy")
+STRATEGIES.register("task_loop", accumulate_task_loop_meta_gradient)
+STRATEGIES.register("vmapped", accumulate_vmapped_meta_gradient)
+STRATEGIES.register("warp", accumulate_warp_meta_gradient)
+
+
+def strategy_for(config: GradientMetaLearnerConfig) -> Strategy:
+    """Warp-Grad algorithms learn from trajectories; ``vmap_tasks`` batches same-shaped tasks;
+    everything else loops over the tasks."""
+    if config.method.warped:
+        return STRATEGIES["warp"]
+    return STRATEGIES["vmapped" if config.vmap_tasks else "task_loop"]

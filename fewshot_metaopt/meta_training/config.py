@@ -1,0 +1,96 @@
+"""Settings of :class:`~.meta_optimizer.MetaOptimizer`: the spec's fields and ours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import checks
+from ..config_keys import from_mapping
+from ..losses import LOSSES
+from ..optim.rules.lstm_variants import LSTM_VARIANTS
+from ..optim.rules.preprocess import RULE_INITS
+from .rule_registry import RULES
+
+WARP_INIT_OBJECTIVES = ("none", "leap")
+META_LOSSES = ("query", "support")
+
+
+@dataclass
+class MetaOptimizerConfig:
+    """The spec's fields (first eight, same names and defaults) and ours.
+
+    method: ``meta_sgd``, ``lstm``, ``l2o`` or ``warp_grad`` (Flennerhag et al. 2020; the base
+        model must be a :class:`fewshot_metaopt.warp.WarpedModel`: its warp layers are the
+        meta-parameters and the inner loop is SGD at ``inner_lr`` on the adapted layers).
+    hidden_size, num_layers: the LSTM's (``lstm``) or the MLP's hidden width (``l2o``).
+    preconditioning: ``meta_sgd`` learns a per-parameter lr tensor (a learned diagonal
+        preconditioner); ``False`` learns one scalar lr instead. The other methods always
+        precondition (their updates are coordinatewise functions of gradient statistics).
+    coordinatewise: the learned optimizers apply one small network to every coordinate,
+        weights shared, which is what lets them scale and transfer across architectures;
+        there is no non-coordinatewise variant.
+    meta_lr: Adam's lr for the rule's meta-parameters in :meth:`MetaOptimizer.meta_train_step`.
+    unroll_steps: the truncated-BPTT window.
+    gradient_clipping: max global norm of each window's meta-gradient (``0``: no clipping).
+    lstm_variant: ``faithful`` (Andrychowicz 2016; 2 x num_layers x hidden floats of state per
+        coordinate) or ``scalable`` (at most 2 floats per coordinate plus a per-tensor LSTM).
+    inner_lr: the untrained rule's step size: Meta-SGD's initial lr, the lr of the Adam that an
+        untrained scalable LSTM equals, the sign-descent step of an untrained faithful LSTM and
+        the L2O rule's ``step_mult`` (see ``rule_init``).
+    rule_init: ``descent`` — each learned rule starts as a hand-designed descent method and
+        meta-training learns corrections (its readout starts at zero); ``random`` — the
+        papers' random initialisation (untrained rules then move weights in arbitrary
+        directions; see docs/meta_optimizer.md).
+    inner_steps: inner steps per episode in ``meta_train_step``.
+    second_order: keep the inner gradients in the graph (the papers feed them as constants).
+    output_scale: the LSTM's output scale (paper: 0.1).
+    meta_loss: ``query`` (few-shot generalisation) or ``support`` (the paper's optimisee loss).
+    loss: the task loss (``auto``: cross-entropy for integer labels, MSE otherwise).
+    warp_buffer_size: ``warp_grad``: trajectory points the replay buffer keeps.
+    warp_points: ``warp_grad``: points sampled per warp update (its cost, whatever
+        ``inner_steps``); the objective steps on a point's support set and evaluates on
+        ``meta_loss``'s set.
+    warp_init: ``warp_grad``: ``none`` (warps only) or ``leap`` (Warp-Leap: the adapted
+        layers' initialisation also moves, by the simplified Leap gradient, Adam at meta_lr).
+    """
+
+    method: str = "meta_sgd"
+    hidden_size: int = 20
+    num_layers: int = 2
+    preconditioning: bool = True
+    coordinatewise: bool = True
+    meta_lr: float = 0.001
+    unroll_steps: int = 20
+    gradient_clipping: float = 1.0
+    lstm_variant: str = "faithful"
+    inner_lr: float = 0.01
+    inner_steps: int = 20
+    second_order: bool = False
+    output_scale: float = 0.1
+    meta_loss: str = "query"
+    loss: str = "auto"
+    rule_init: str = "descent"
+    warp_buffer_size: int = 100
+    warp_points: int = 16
+    warp_init: str = "none"
+
+    def __post_init__(self) -> None:
+        checks.choose("method", self.method, RULES.names())
+        checks.choose("lstm_variant", self.lstm_variant, LSTM_VARIANTS)
+        checks.choose("meta_loss", self.meta_loss, META_LOSSES)
+        checks.choose("loss", self.loss, LOSSES)
+        checks.choose("rule_init", self.rule_init, RULE_INITS)
+        checks.choose("warp_init", self.warp_init, WARP_INIT_OBJECTIVES)
+        if not self.coordinatewise:
+            raise ValueError("coordinatewise=False: every learned optimizer here is coordinatewise")
+        if not self.preconditioning and self.method != "meta_sgd":
+            raise ValueError(f"preconditioning=False applies to meta_sgd only, not {self.method!r}")
+        for name in ("hidden_size", "num_layers", "unroll_steps", "inner_steps", "warp_buffer_size", "warp_points"):
+            checks.at_least(name, getattr(self, name), 1)
+        checks.at_least("gradient_clipping", self.gradient_clipping, 0)
+        for name in ("meta_lr", "inner_lr", "output_scale"):
+            checks.real(name, getattr(self, name))
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "MetaOptimizerConfig":
+        return from_mapping(cls, values, source, "meta-optimizer")
