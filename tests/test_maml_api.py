@@ -100,3 +100,19 @@ def test_train_maml_errors():
         train_maml(mlp(1, 1), [], progress=False)
     with pytest.raises(ValueError, match="meta_batch_size must be >= 1"):
         train_maml(mlp(1, 1), endless, meta_batch_size=0)
+
+
+def test_the_seed_module_path_and_its_meta_sgd_attributes():
+    from fewshot_metaopt.algorithms.maml import ModelAgnosticMetaLearning as FromAlgorithms
+    from fewshot_metaopt.algorithms.maml import train_maml as train_from_algorithms
+
+    assert FromAlgorithms is ModelAgnosticMetaLearning and train_from_algorithms is train_maml
+    model = tiny_mlp()
+    maml = FromAlgorithms(model, inner_lr=0.05, meta_sgd=True)
+    lrs = maml.meta_sgd_lrs
+    assert isinstance(lrs, torch.nn.ParameterList)
+    assert [p.shape for p in lrs] == [p.shape for p in model.parameters()]
+    assert all(torch.all(p == 0.05) for p in lrs)
+    trained = {id(p) for group in maml.meta_optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in model.parameters()} | {id(p) for p in lrs} == trained
+    assert FromAlgorithms(tiny_mlp(), meta_sgd=False).meta_sgd_lrs is None

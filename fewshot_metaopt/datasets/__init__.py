@@ -1,6 +1,7 @@
 """Few-shot task families: Omniglot, miniImageNet, the sinusoid family and embedded glyphs."""
 
-from .base import ClassImageDataset, TaskFamily
+from ..episodes.task_family import TaskFamily
+from .base import ClassImageDataset
 from .glyphs import Glyphs
 from .miniimagenet import MiniImageNet
 from .omniglot import Omniglot

@@ -1,30 +1,18 @@
-"""The contract every episode source honours, and the shared machinery of image datasets.
+"""The shared machinery of image datasets, each a
+:class:`~fewshot_metaopt.episodes.task_family.TaskFamily`.
 
-A *task family* is anything with ``is_regression``, ``validate(ways, shots, queries)`` and
-``sample_episode(ways, shots, queries, generator)``; the sampler needs nothing more. Image
-datasets keep their pixels as uint8 in memory (a quarter of float32) and convert only the
-images an episode uses.
+Image datasets keep their pixels as uint8 in memory (a quarter of float32) and convert only
+the images an episode uses.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from ..episodes.episode import Episode
-
-
-@runtime_checkable
-class TaskFamily(Protocol):
-    is_regression: bool
-
-    def validate(self, ways: int, shots: int, queries: int) -> None: ...
-
-    def sample_episode(
-        self, ways: int, shots: int, queries: int, generator: torch.Generator
-    ) -> Episode: ...
 
 
 def check_counts(shots: int, queries: int) -> None:

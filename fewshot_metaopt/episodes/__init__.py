@@ -1,8 +1,9 @@
-"""Episodes and their sampling (Phase 50.1)."""
+"""Episodes and their sampling."""
 
 from .episode import Episode, EpisodeBatch, stack_episodes
 from .interop import Learn2LearnTasks, episodes_from_torchmeta, iter_torchmeta, split_support_query
 from .sampler import EpisodeManifest, TaskDistributionConfig, TaskDistributionSampler, derive_seed
+from .task_family import TaskFamily
 
 __all__ = [
     "Episode",
@@ -11,6 +12,7 @@ __all__ = [
     "Learn2LearnTasks",
     "TaskDistributionConfig",
     "TaskDistributionSampler",
+    "TaskFamily",
     "derive_seed",
     "episodes_from_torchmeta",
     "iter_torchmeta",

@@ -1,4 +1,4 @@
-"""Seeded N-way K-shot episode sampling (Phase 50.1).
+"""Seeded N-way K-shot episode sampling.
 
 Every random draw comes from a :class:`torch.Generator` owned by the sampler, never from the
 global RNGs, so a seed names the same episodes on every machine and a user's own use of
@@ -18,6 +18,7 @@ import torch
 
 from .episode import Episode
 from .interop import as_task_family
+from .task_family import TaskFamily
 
 _TRAIN_STREAM = 0
 _FIXED_STREAM = 1
@@ -90,7 +91,7 @@ class TaskDistributionSampler:
         except TypeError as err:
             known = ", ".join(TaskDistributionConfig.__dataclass_fields__)
             raise TypeError(f"unknown sampler option in {sorted(overrides)}; known: {known}") from err
-        self.source = as_task_family(source, shots=config.shots)
+        self.source: TaskFamily = as_task_family(source, shots=config.shots)
         regression = bool(getattr(self.source, "is_regression", False))
         ways = config.ways if config.ways is not None else (1 if regression else 5)
         if regression and ways != 1:

@@ -1,7 +1,7 @@
-"""Gradient-based meta-learners (Phase 50.2)."""
+"""Gradient-based meta-learners: MAML, first-order MAML, Meta-SGD, ANIL, Warp-MAML, Warp-Leap."""
 
-from .config import GradientMetaLearnerConfig
 from .algorithms import ALGORITHMS, Algorithm
+from .config import GradientMetaLearnerConfig
 from .errors import NonFiniteLossError
 from .gradient_meta_learner import GradientMetaLearner, head_parameter_names
 from .maml_api import ModelAgnosticMetaLearning, tensors_to_episodes, train_maml

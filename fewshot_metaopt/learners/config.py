@@ -90,7 +90,8 @@ class GradientMetaLearnerConfig:
         if self.lr_granularity is not None:
             checks.choose("lr_granularity", self.lr_granularity, GRANULARITIES)
         if self.inner_steps < 1:
-            raise checks.ConfigError("inner_steps", f"inner_steps must be >= 1 for meta-training, got {self.inner_steps}")
+            raise checks.ConfigError("inner_steps",
+                                     f"inner_steps must be >= 1 for meta-training, got {self.inner_steps}")
         checks.at_least("inner_steps_eval", self.inner_steps_eval, 0)
         for name in ("inner_lr", "meta_lr"):
             checks.real(name, getattr(self, name))

@@ -1,4 +1,4 @@
-"""MAML, first-order MAML, Meta-SGD and ANIL as one learner over an update rule (Phase 50.2).
+"""MAML, first-order MAML, Meta-SGD and ANIL as one learner over an update rule.
 
 Meta-objective, for tasks ``i`` with support set ``S_i`` and query set ``Q_i``::
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
+import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -47,7 +48,7 @@ def tensors_to_episodes(
 
 
 class ModelAgnosticMetaLearning:
-    """MAML, first-order MAML or Meta-SGD with the seed's constructor.
+    """MAML, first-order MAML or Meta-SGD behind the ``ModelAgnosticMetaLearning`` constructor.
 
     ``meta_sgd=True`` learns a per-parameter inner learning rate (initialised to
     ``inner_lr``) together with the initialisation; it needs ``first_order=False``.
@@ -77,6 +78,20 @@ class ModelAgnosticMetaLearning:
     @property
     def meta_sgd(self) -> bool:
         return self.learner.config.algorithm == "meta_sgd"
+
+    @property
+    def meta_sgd_lrs(self) -> nn.ParameterList | None:
+        """Meta-SGD's learned inner learning rates, the very tensors the outer optimizer trains
+        (``None`` without ``meta_sgd``): one entry per adapted parameter tensor, shaped like it
+        at the default per-parameter granularity (0-dim at ``lr_granularity="per_layer"``; one
+        entry in all at ``scalar`` and ``per_step_per_layer``)."""
+        lrs = getattr(self.learner.rule, "lrs", None)
+        return lrs.values if self.meta_sgd and lrs is not None else None
+
+    @property
+    def meta_optimizer(self) -> torch.optim.Optimizer:
+        """The outer optimizer over the initialisation and, with ``meta_sgd``, the learning rates."""
+        return self.learner.meta_optimizer
 
     def meta_train_step(
         self,

@@ -1,23 +1,20 @@
 """How a learner turns a meta-batch into a meta-gradient: one strategy per way of running the
-tasks, each talking to the learner only through its public methods (``inner_loop``,
-``forward``, ``loss``, ``checked``, ``step_weights``, ``training_mode``, ``meta_parameters``)."""
+tasks, each talking to the learner only through :class:`~.interface.MetaLearner`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, List
+from typing import Callable, List
 
 from ..episodes.episode import Episode
 from ..registry import Registry
 from .config import GradientMetaLearnerConfig
+from .interface import MetaLearner
 from .results import MetaTrainResult
 from .task_loop import accumulate_task_loop_meta_gradient
 from .vmapped_tasks import accumulate_vmapped_meta_gradient
 from .warp_maml import accumulate_warp_meta_gradient
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .gradient_meta_learner import GradientMetaLearner
-
-Strategy = Callable[["GradientMetaLearner", List[Episode]], MetaTrainResult]
+Strategy = Callable[[MetaLearner, List[Episode]], MetaTrainResult]
 
 STRATEGIES: Registry[Strategy] = Registry("meta-gradient strategy")
 STRATEGIES.register("task_loop", accumulate_task_loop_meta_gradient)

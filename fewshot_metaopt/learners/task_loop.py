@@ -4,18 +4,16 @@ runs, so memory holds one task's graph at a time."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List
+from typing import List
 
 from ..episodes.episode import Episode
 from .errors import NonFiniteLossError
+from .interface import MetaLearner
 from .results import MetaTrainResult
 from .tally import MetaBatchTally
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .gradient_meta_learner import GradientMetaLearner
 
-
-def accumulate_task_loop_meta_gradient(learner: "GradientMetaLearner", episodes: List[Episode]) -> MetaTrainResult:
+def accumulate_task_loop_meta_gradient(learner: MetaLearner, episodes: List[Episode]) -> MetaTrainResult:
     cfg = learner.config
     steps = cfg.inner_steps
     weights = learner.step_weights(steps) if cfg.multi_step_loss else None

@@ -11,18 +11,16 @@ checks cannot run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..episodes.episode import Episode
+from .interface import MetaLearner
 from .results import MetaTrainResult
 from .tally import MetaBatchTally
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .gradient_meta_learner import GradientMetaLearner
 
 Chunk = List[Tuple[int, Episode]]
 
@@ -48,7 +46,7 @@ def _stacked(chunk: Chunk) -> list[Tensor]:
     return stacked
 
 
-def _check_inputs(learner: "GradientMetaLearner", chunk: Chunk) -> None:
+def _check_inputs(learner: MetaLearner, chunk: Chunk) -> None:
     """What the vmapped loop cannot check itself, on concrete tensors: the first task's support
     set fits the model (the chunk shares its shapes), every label is in range, and (once per
     learner) every adapted parameter gets a gradient."""
@@ -66,7 +64,7 @@ def _check_inputs(learner: "GradientMetaLearner", chunk: Chunk) -> None:
 
 
 def _differentiate_chunk(
-    learner: "GradientMetaLearner", chunk: Chunk, weights: Tensor | None, batch_size: int
+    learner: MetaLearner, chunk: Chunk, weights: Tensor | None, batch_size: int
 ) -> tuple[list[tuple[Tensor, Tensor, Episode]], int]:
     """Adds the chunk's share of the meta-gradient; returns ``(final loss, output, episode)``
     of each task kept and how many were skipped for non-finite losses."""
@@ -109,7 +107,7 @@ def _differentiate_chunk(
     return [(final, run.query_outputs[i], chunk[i][1]) for i, final in kept], 0
 
 
-def accumulate_vmapped_meta_gradient(learner: "GradientMetaLearner", episodes: List[Episode]) -> MetaTrainResult:
+def accumulate_vmapped_meta_gradient(learner: MetaLearner, episodes: List[Episode]) -> MetaTrainResult:
     cfg = learner.config
     weights = learner.step_weights(cfg.inner_steps) if cfg.multi_step_loss else None
     tasks = [(task, episode.to(learner.device)) for task, episode in enumerate(episodes)]

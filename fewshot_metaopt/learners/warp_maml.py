@@ -13,17 +13,15 @@ Two parameter sets learn from two objectives (Flennerhag et al. 2020):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List
+from typing import List
 
 from ..episodes.episode import Episode
 from ..warp.objective import accumulate_leap_gradient
+from .interface import MetaLearner
 from .results import MetaTrainResult
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .gradient_meta_learner import GradientMetaLearner
 
-
-def accumulate_warp_meta_gradient(learner: "GradientMetaLearner", episodes: List[Episode]) -> MetaTrainResult:
+def accumulate_warp_meta_gradient(learner: MetaLearner, episodes: List[Episode]) -> MetaTrainResult:
     cfg, warp, model = learner.config, learner.warp, learner.model
     warp_params = list(model.warp_parameters())
     warp_ids = {id(p) for p in warp_params}

@@ -1,4 +1,4 @@
-"""Settings of :class:`~.meta_optimizer.MetaOptimizer`: the spec's fields and ours."""
+"""Settings of :class:`~.meta_optimizer.MetaOptimizer`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ META_LOSSES = ("query", "support")
 
 @dataclass
 class MetaOptimizerConfig:
-    """The spec's fields (first eight, same names and defaults) and ours.
+    """What a :class:`~.meta_optimizer.MetaOptimizer` learns and how it is trained.
 
     method: ``meta_sgd``, ``lstm``, ``l2o`` or ``warp_grad`` (Flennerhag et al. 2020; the base
         model must be a :class:`fewshot_metaopt.warp.WarpedModel`: its warp layers are the

@@ -1,10 +1,10 @@
-"""``MetaOptimizer``: a learned inner-loop optimizer with the spec's API.
+"""``MetaOptimizer``: a learned inner-loop optimizer (Meta-SGD, LSTM, L2O, Warp-Grad) behind one API.
 
 It picks an update rule by ``MetaOptimizerConfig.method`` and is itself an update rule, so it
 runs wherever rules run — ``GradientMetaLearner(model, config, inner_optimizer=mo)`` meta-trains
 the model's initialisation and the rule's meta-parameters together (the MAML inner loop), and
 ``higher.innerloop_ctx(model, RuleOptimizer(model.named_parameters(), mo))`` drives it in a
-user's own loop. On its own it offers the spec's calls:
+user's own loop. On its own it offers the learned-optimizer calls:
 
 >>> mo = MetaOptimizer(model, MetaOptimizerConfig(method="lstm"))
 >>> updates, state = mo.compute_update(gradients, state)      # deltas to add to the parameters
@@ -39,7 +39,7 @@ from .warp_trainer import WarpRuleTrainer
 
 @dataclass
 class OptimizerState:
-    """The spec's state, plus the rule's own (``rule_state``), which is what updates read.
+    """The optimizer's state between updates, with the rule's own (``rule_state``), which is what updates read.
 
     A default-constructed ``OptimizerState()`` is the state before the first update, for every
     method. ``hidden``/``cell`` are filled for the faithful LSTM: ``(num_layers, coordinates,
@@ -98,7 +98,7 @@ class MetaOptimizer(UpdateRule):
     ) -> tuple[Params, Any]:
         return self.rule.update(params, grads, state, step, loss=loss)
 
-    # --------------------------------------------------------------------- the spec's API
+    # --------------------------------------------------------------------- the learned-optimizer API
 
     def _check_gradients(self, gradients: Dict[str, Tensor]) -> None:
         for name, grad in gradients.items():

@@ -6,7 +6,7 @@ file in ``optim/rules/`` and one registration line here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -18,10 +18,9 @@ from ..optim.rules.sgd import SGDRule
 from ..registry import Registry
 from ..warp.warp_grad import WarpGradRule, require_warped
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import MetaOptimizerConfig
-
-RuleBuilder = Callable[["MetaOptimizerConfig", nn.Module, torch.dtype], UpdateRule]
+# ``builder(config, model, dtype)``; ``config`` is a MetaOptimizerConfig, which reads its
+# choices of ``method`` from this table (so this module cannot import it back).
+RuleBuilder = Callable[[Any, nn.Module, torch.dtype], UpdateRule]
 RULES: Registry[RuleBuilder] = Registry("method")
 
 
@@ -30,13 +29,13 @@ def _shapes(model: nn.Module) -> dict[str, torch.Size]:
 
 
 @RULES.register("meta_sgd")
-def _meta_sgd(config: "MetaOptimizerConfig", model: nn.Module, dtype: torch.dtype) -> UpdateRule:
+def _meta_sgd(config: Any, model: nn.Module, dtype: torch.dtype) -> UpdateRule:
     granularity = "per_parameter" if config.preconditioning else "scalar"
     return SGDRule.for_params(_shapes(model), lr=config.inner_lr, granularity=granularity, dtype=dtype)
 
 
 @RULES.register("lstm")
-def _lstm(config: "MetaOptimizerConfig", model: nn.Module, dtype: torch.dtype) -> UpdateRule:
+def _lstm(config: Any, model: nn.Module, dtype: torch.dtype) -> UpdateRule:
     return lstm_rule(
         variant=config.lstm_variant, hidden_size=config.hidden_size, num_layers=config.num_layers,
         output_scale=config.output_scale, second_order=config.second_order,
@@ -45,19 +44,19 @@ def _lstm(config: "MetaOptimizerConfig", model: nn.Module, dtype: torch.dtype) -
 
 
 @RULES.register("l2o")
-def _l2o(config: "MetaOptimizerConfig", model: nn.Module, dtype: torch.dtype) -> UpdateRule:
+def _l2o(config: Any, model: nn.Module, dtype: torch.dtype) -> UpdateRule:
     return L2ORule(hidden_size=config.hidden_size, hidden_layers=config.num_layers,
                    second_order=config.second_order, init=config.rule_init, step_mult=config.inner_lr).to(dtype)
 
 
 @RULES.register("warp_grad")
-def _warp_grad(config: "MetaOptimizerConfig", model: nn.Module, dtype: torch.dtype) -> UpdateRule:
+def _warp_grad(config: Any, model: nn.Module, dtype: torch.dtype) -> UpdateRule:
     model = require_warped(model, "method 'warp_grad'")
     shapes = _shapes(model)
     adapted = {n: shapes[n] for n in model.adapted_parameter_names()}
     return WarpGradRule(model, SGDRule.for_params(adapted, lr=config.inner_lr, dtype=dtype))
 
 
-def build_rule(config: "MetaOptimizerConfig", model: nn.Module, dtype: torch.dtype) -> UpdateRule:
+def build_rule(config: Any, model: nn.Module, dtype: torch.dtype) -> UpdateRule:
     """The rule ``config.method`` names, for ``model``'s parameters, in ``dtype``."""
     return RULES[config.method](config, model, dtype)

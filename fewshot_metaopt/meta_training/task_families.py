@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .. import checks
 from ..losses import LOSSES, task_loss
 from ..optim.rules.base import Params
-from .. import checks
 
 
 class QuadraticTask:

@@ -91,6 +91,7 @@ class TruncatedBPTT:
             # Keep the graph: the window's meta-loss backpropagates through earlier updates.
             params, state = step_on_loss(self.rule, params, loss, state, step,
                                          create_graph=cfg.second_order, retain_graph=True)
-            meta = task_loss(functional_call(model, params, (meta_x,)), meta_y, cfg.loss, f"task {task}: {cfg.meta_loss}")
+            meta = task_loss(functional_call(model, params, (meta_x,)), meta_y, cfg.loss,
+                             f"task {task}: {cfg.meta_loss}")
             window_loss = window_loss + meta
         return params, state, window_loss

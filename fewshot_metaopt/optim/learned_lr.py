@@ -91,7 +91,7 @@ class LearnedLR(nn.Module):
         return out
 
     def means(self) -> dict[str, float]:
-        """Mean learned lr per parameter tensor (the spec's ``get_learned_lr``)."""
+        """Mean learned lr per parameter tensor (what ``get_learned_lr`` reports)."""
         return {name: float(t.float().mean()) for name, t in self.tensors().items()}
 
 

@@ -12,8 +12,8 @@ Meta-train the rule first on a family of tasks, then train with it like SGD:
 ...     opt.step(loss=loss)           # or opt.step(closure)
 
 The loss is one of the tape's features, so ``step`` needs it: from a closure, or passed as
-``loss=``. The rule's weights are not trained here (the seed meta-trains them by unrolling
-inner steps over tasks: :func:`~fewshot_metaopt.optim.task_meta_training.meta_train_on_tasks`,
+``loss=``. The rule's weights are not trained here (they are meta-trained by unrolling inner
+steps over tasks: :func:`~fewshot_metaopt.meta_training.task_meta_training.meta_train_on_tasks`,
 or a learner's inner loop); they, the tape's memory and each tensor's momentum are saved by
 :meth:`state_dict`. Parameters without a gradient are skipped, as ``torch.optim`` does.
 """
@@ -30,7 +30,7 @@ from .rule_optimizer import RuleOptimizer
 
 
 class AdaptiveSGDWithTape(RuleOptimizer):
-    """Seed 002's adaptive SGD (see the module docstring).
+    """SGD whose lr, momentum and weight decay a learned memory tape sets (see the module docstring).
 
     Args:
         params: parameters, named parameters or a module.

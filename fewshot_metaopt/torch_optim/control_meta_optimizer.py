@@ -48,13 +48,13 @@ from .rule_optimizer import RuleOptimizer
 
 
 class ControlMetaOptimizer(RuleOptimizer):
-    """Seed 003's meta-optimizer (see the module docstring).
+    """Meta-optimization by nonstochastic control (see the module docstring).
 
     Args:
         params: named parameters or a module (``loss_fn`` receives them by these names).
         loss_fn: ``loss_fn(params, batch) -> loss`` for a dict of parameters; needed to learn.
         lr, weight_decay, history (H), rollout (HH), m_shape, grad_clip, adam_betas: the
-            played update (:class:`ControlRule`); defaults as in the seed.
+            played update (:class:`ControlRule`); defaults as in Chen, Hazan et al. 2023.
         m_lr, m_optimizer: the optimizer of ``M`` (``sgd`` or ``adam``).
         m_grad_clip: clip M's gradient elementwise (``None``: off).
         freeze: play ``M`` without learning it.

@@ -10,7 +10,7 @@ MLP that learns online from the loss after each update.
 ...         return loss
 ...     opt.step(closure)
 
-One ``step(closure)`` follows the seed's order: the primary forward, loss and gradients (the
+One ``step(closure)`` runs in this order: the primary forward, loss and gradients (the
 closure); the pool rules preprocess the gradient into their proposals; the MLP combines them
 (:class:`~fewshot_metaopt.optim.rules.combiner.CombinerRule`); the parameters take the update;
 the meta-loss is the loss of the same batch after the update (the closure again), whose
@@ -44,7 +44,8 @@ from ..registry import Registry
 from .rule_optimizer import RuleOptimizer
 
 # The rules a pool names, built from the combiner's own learning rates.
-POOL_RULES: Registry[Callable[["MetaNNCombiner", dict, torch.dtype], UpdateRule]] = Registry("MetaNNCombiner pool entry")
+PoolBuilder = Callable[["MetaNNCombiner", dict, torch.dtype], UpdateRule]
+POOL_RULES: Registry[PoolBuilder] = Registry("MetaNNCombiner pool entry")
 POOL_RULES.register("sgd", lambda opt, shapes, dtype: SGDRule.for_params(shapes, lr=opt.sgd_lr, dtype=dtype))
 # The combiner checks the gradients once for the whole pool.
 POOL_RULES.register("adam", lambda opt, shapes, dtype: AdamRule(lr=opt.adam_lr, check_finite=False))
@@ -52,7 +53,7 @@ POOL_NAMES = POOL_RULES.names()
 
 
 class MetaNNCombiner(RuleOptimizer):
-    """Seed 000's Meta-NN optimizer combiner (see the module docstring).
+    """The Meta-NN optimizer combiner (see the module docstring).
 
     Args:
         params: parameters, named parameters or a module.
@@ -145,8 +146,8 @@ class MetaNNCombiner(RuleOptimizer):
         names = [name for name in updated if name in lookahead]
         self.meta_optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward([updated[n] for n in names], [lookahead[n] for n in names])
-        clipped_step(self.meta_optimizer, self.rule.parameters(), self.meta_clip,
-                     lambda norm: ValueError(f"MetaNNCombiner: the meta-gradient norm is {norm} at step {self.steps_taken}"))
+        clipped_step(self.meta_optimizer, self.rule.parameters(), self.meta_clip, lambda norm: ValueError(
+            f"MetaNNCombiner: the meta-gradient norm is {norm} at step {self.steps_taken}"))
         self.meta_optimizer.zero_grad(set_to_none=True)
         self.zero_grad(set_to_none=True)
 

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..losses import task_loss
 from ..engines.loss_step import step_on_loss
+from ..losses import task_loss
 from ..optim.rules.base import UpdateRule
 from .replay import TrajectoryPoint
 

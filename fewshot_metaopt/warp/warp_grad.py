@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..engines.loss_step import step_on_loss
 from ..episodes.episode import Episode
 from ..losses import task_loss
-from ..engines.loss_step import step_on_loss
 from ..optim.rules.base import Params, UpdateRule
 from ..optim.tree import detached_tree
 from .layers import WarpedModel
@@ -59,9 +59,6 @@ class WarpGradRule(UpdateRule):
     ) -> tuple[Params, Any]:
         adapted = set(self.adapted)
         return self.inner.update(params, {n: g for n, g in grads.items() if n in adapted}, state, step, loss=loss)
-
-    def warp_parameters(self) -> List[nn.Parameter]:
-        return list(self.warps.parameters())
 
 
 @dataclass

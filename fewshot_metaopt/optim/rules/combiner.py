@@ -28,8 +28,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Params, UpdateRule
 from ... import checks
+from .base import Params, UpdateRule
 from .loss_feature import loss_feature
 from .preprocess import check_grads, record_effective_lr, records_to_floats
 
@@ -68,7 +68,10 @@ class CombinerRule(UpdateRule):
         for i, rule in enumerate(pool):
             if not isinstance(rule, UpdateRule):
                 raise ValueError(f"CombinerRule pool entry {i} is a {type(rule).__name__}, not an UpdateRule")
-        mix = [1.0 / len(pool)] * len(pool) if mix is None else [checks.real("mix weight", w, -math.inf, math.inf, owner="CombinerRule") for w in mix]
+        if mix is None:
+            mix = [1.0 / len(pool)] * len(pool)
+        else:
+            mix = [checks.real("mix weight", w, owner="CombinerRule") for w in mix]
         if len(mix) != len(pool):
             raise ValueError(f"CombinerRule needs one mix weight per pool rule ({len(pool)}), got {len(mix)}")
         hidden = [checks.integer("hidden width", h, 1, owner="CombinerRule") for h in hidden]

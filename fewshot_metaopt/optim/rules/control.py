@@ -28,9 +28,9 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
+from ... import checks
 from .adam import AdamRule
 from .base import Params, UpdateRule
-from ... import checks
 from .preprocess import check_grads
 
 M_SHAPES = ("scalar", "diagonal", "full")

@@ -13,7 +13,7 @@
 * :func:`safe_sqrt` — a square root whose derivative at 0 is 0 instead of ``inf`` (``inf * 0``
   would turn the meta-gradient of a coordinate that never saw a gradient into NaN).
 * :func:`state_bytes` — bytes held by the tensors of a rule's state (the memory overhead of a
-  learned optimizer, as the Phase 50.4 spec measures it).
+  learned optimizer, measured against the base model's parameters).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ At step ``t`` with loss ``L`` and gradients ``g`` (all tensors together)::
 Bounded by construction, so an untrained or badly trained tape cannot take an unbounded step.
 ``W`` starts at zero and ``b`` where the coefficients equal the base ``lr`` and ``momentum``
 (and ``wd_t`` is 1.2e-8 above ``weight_decay``), so the untrained rule is SGD with the base
-hyperparameters and meta-training starts from that baseline; the seed used torch's random
-initialisation, which starts at a random learning rate anywhere in the range.
+hyperparameters and meta-training starts from that baseline (torch's random initialisation
+would start at a random learning rate anywhere in the range).
 
 The loss enters only as a feature, the ``loss`` argument of ``update`` (the learners' engines
 pass the support loss of each inner step). Out of place throughout; the gradients enter with
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Params, UpdateRule
 from ... import checks
+from .base import Params, UpdateRule
 from .loss_feature import loss_feature
 from .preprocess import check_grads, record_effective_lr, records_to_floats
 from .tape_memory import DifferentiableTape
@@ -87,7 +87,7 @@ class TapeSGDRule(UpdateRule):
         return TapeState(self.tape.empty(), {name: torch.zeros_like(p) for name, p in params.items()})
 
     def features(self, loss: Tensor | None, grads: Params, step: int) -> Tensor:
-        """The seed's detached features, padded with zeros to the tape's width."""
+        """The detached features (loss, gradient norm, step), padded with zeros to the tape's width."""
         like = self.coeff_proj.weight
         norm = torch.sqrt(sum(g.detach().to(like.dtype).square().sum() for g in grads.values()))
         values = torch.stack([loss_feature(loss, like), torch.log1p(norm), like.new_tensor(step / 100.0)])
