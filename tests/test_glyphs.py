@@ -54,7 +54,7 @@ def test_deterministic_from_seed_and_character_index():
 def test_cache_is_written_once_and_reused(tmp_path, monkeypatch):
     first = Glyphs("test", cache_dir=tmp_path, **SMALL)
     assert first.cache_path.exists() and first.cache_path.parent == tmp_path
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.partial"))
 
     def no_rendering(*args, **kwargs):
         raise AssertionError("rendered again instead of reading the cache")

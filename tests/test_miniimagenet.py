@@ -214,7 +214,7 @@ def test_cache_reused_on_second_load(ravi_root, cache_dir, monkeypatch):
     (entry,) = first.cache_paths
     assert entry.is_file() and entry.parent == cache_dir / "miniimagenet"
     assert entry.name.startswith("train-84px-")
-    assert not list(entry.parent.glob("*.tmp"))
+    assert not list(entry.parent.glob("*.partial"))
 
     def boom(path, size):
         raise AssertionError("decoded although cached")

@@ -80,7 +80,7 @@ def _md5(path: Path) -> str:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob("*") if p.name.endswith((".part", ".tmp")) or ".extract." in p.name)
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith((".part", ".tmp", ".partial")) or ".extract." in p.name)
 
 
 # ----------------------------------------------------------------------------- shapes & pixels

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fewshot_metaopt.runs import provenance, rng_state
-from fewshot_metaopt.runs.atomic import atomic_write_text, atomic_writer, remove_leftovers
+from fewshot_metaopt.atomic_files import atomic_write_text, atomic_writer, remove_leftovers
 from fewshot_metaopt.runs.checkpoint import FORMAT, REQUIRED, VERSION, load_checkpoint, save_checkpoint
 from fewshot_metaopt.runs.errors import RunError
 from fewshot_metaopt.runs.metrics_log import MetricsLog, read_metrics

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
+
+from ..atomic_files import atomic_writer
 
 CACHE_ENV = "FEWSHOT_METAOPT_CACHE"
 
@@ -58,16 +59,8 @@ def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) 
     """Write ``arrays`` as an uncompressed ``.npz`` at ``path``, atomically."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(target) as f:
+        np.savez(f, **arrays)
     return target
 
 

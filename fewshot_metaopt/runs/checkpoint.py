@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_writer
+from ..atomic_files import atomic_writer
 from .errors import RunError
 
 FORMAT = "fewshot-metaopt-checkpoint"

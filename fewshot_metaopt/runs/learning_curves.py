@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from .atomic import atomic_writer
+from ..atomic_files import atomic_writer
 from .errors import RunError
 
 

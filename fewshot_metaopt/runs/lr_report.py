@@ -20,7 +20,7 @@ from torch import Tensor
 from ..learners import GradientMetaLearner
 from ..optim.learned_lr import LearnedLR
 from ..warp import warp_effective_lr
-from .atomic import atomic_writer
+from ..atomic_files import atomic_writer
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 COLUMNS = ("tensor", "shape", "mean", "min", "q05", "q25", "median", "q75", "q95", "max")

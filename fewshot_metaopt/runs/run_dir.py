@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import toml_writer
-from .atomic import atomic_write_text, fsync_dir
+from ..atomic_files import atomic_write_text, fsync_dir
 from .errors import RunError
 from .provenance import git_commit, package_version
 from .task_config import TaskConfig, read_task_file, task_from_dict

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..learners import EvaluationResult
 from . import rng_state
-from .atomic import remove_leftovers
+from ..atomic_files import remove_leftovers
 from .checkpoint import load_checkpoint, save_checkpoint
 from .components import build_learner, build_scheduler, manifest, train_sampler
 from .data_sources import open_split, sha256_of, split_files
