@@ -11,6 +11,11 @@ The side-by-side table runs in the peers environment (``bash benchmarks/peers/se
     PYTHONPATH=. .peers-venv/bin/python benchmarks/engine_speed.py --threads 1 --repeats 5
 
 Peers are imported only when installed; in the core environment the script times our engines.
+``--baseline DIR`` adds the func and higher engines of another checkout of the package (loaded
+under another name), so a change is timed against the code before it in the same process::
+
+    git worktree add /tmp/before HEAD~1
+    .venv/bin/python benchmarks/engine_speed.py --threads 1 --baseline /tmp/before --engines ours-func,ours-higher
 
 Engines run interleaved in one process: each repeat times every engine once, in an order that
 rotates from repeat to repeat, so load from other processes falls on all of them alike. Per
@@ -27,12 +32,14 @@ import argparse
 import copy
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import platform
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -81,16 +88,35 @@ Iteration = Callable[[], None]
 # ------------------------------------------------------------------------------- the engines
 
 
-def ours(engine: str, vmap: bool = False):
+def ours(engine: str, vmap: bool = False, package=None):
+    """Our learner on ``engine``; ``package``: another checkout's ``fewshot_metaopt`` (``--baseline``)."""
     def build(w: Workload, model: nn.Module, episodes: list[Episode]) -> Iteration:
-        config = GradientMetaLearnerConfig(
+        learner_class = GradientMetaLearner if package is None else package.GradientMetaLearner
+        config_class = GradientMetaLearnerConfig if package is None else package.GradientMetaLearnerConfig
+        config = config_class(
             algorithm=w.algorithm, inner_lr=w.inner_lr, inner_steps=w.steps, meta_lr=META_LR,
             first_order=w.first_order, engine=engine, vmap_tasks=vmap,
         )
-        learner = GradientMetaLearner(model, config)
+        learner = learner_class(model, config)
+        if package is not None:
+            episodes = [package.Episode(*(getattr(ep, f) for f in ("support_x", "support_y", "query_x", "query_y",
+                                                                   "classes"))) for ep in episodes]
         return lambda: learner.meta_train_step(episodes)
 
     return build
+
+
+def load_baseline(checkout: str):
+    """``checkout``'s ``fewshot_metaopt`` as the package ``fewshot_metaopt_baseline``."""
+    root = Path(checkout) / "fewshot_metaopt"
+    if not (root / "__init__.py").is_file():
+        raise SystemExit(f"--baseline {checkout}: no fewshot_metaopt/__init__.py there; give a checkout of the project")
+    spec = importlib.util.spec_from_file_location("fewshot_metaopt_baseline", root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = package
+    spec.loader.exec_module(package)
+    return package
 
 
 def learn2learn(w: Workload, model: nn.Module, episodes: list[Episode]) -> Iteration:
@@ -312,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the FLOP count and the memory measurement (one more iteration per engine)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--baseline", metavar="DIR", default=None,
+                        help="also time the func and higher engines of the checkout in DIR (before/after a change)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -322,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown workload or engine: {', '.join(unknown)}")
     engines = [e for e in ENGINES if e.name in wanted and installed(e.package)]
+    if args.baseline is not None:
+        baseline = load_baseline(args.baseline)
+        engines += [Engine(f"baseline-{name}", ours(name, package=baseline), None, lambda w: True)
+                    for name in ("func", "higher")]
     missing = [e.name for e in ENGINES if e.name in wanted and not installed(e.package)]
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     for package in ("learn2learn", "higher", "torchopt"):
