@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import higher
-import torch
 from torch import Tensor, nn
 
 from ..optim.rules.base import UpdateRule, step_rule

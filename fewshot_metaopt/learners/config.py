@@ -10,7 +10,7 @@ from ..engines.choice import ENGINES
 from ..losses import LOSSES
 from ..optim.learned_lr import GRANULARITIES
 from ..optim.outer_step import OUTER_OPTIMIZERS
-from .algorithms import ALGORITHMS, WARP_ALGORITHMS, Algorithm
+from .algorithms import ALGORITHMS, Algorithm
 
 BATCH_NORM_MODES = ("transductive",)
 

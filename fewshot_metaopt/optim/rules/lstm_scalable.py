@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Params, UpdateRule
-from .lstm_faithful import LSTMRule, lstm_cell
+from .lstm_faithful import lstm_cell
 from .preprocess import check_grads, check_init, log_sign_preprocess, record_effective_lr, records_to_floats
 
 COORD_FEATURES = 4
