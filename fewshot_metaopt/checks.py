@@ -10,6 +10,7 @@ every bound, so a range check alone would let it through.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Any, Iterable
 
@@ -78,5 +79,10 @@ def at_least(key: str, value: Any, least: float) -> None:
     """``None`` (unset), or a finite number of at least ``least``."""
     if value is None:
         return
-    if not math.isfinite(value) or not value >= least:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(key, f"{key} must be a number >= {least}, got {value!r}")
+    if not math.isfinite(value):
+        # inf passes the bound, NaN fails it for no reason a reader would see.
+        raise ConfigError(key, f"{key} must be >= {least} and finite, got {value}")
+    if not value >= least:
         raise ConfigError(key, f"{key} must be >= {least}, got {value}")

@@ -31,3 +31,16 @@ def test_npz_round_trip_without_pickles(tmp_path):
     path = cache.atomic_write_npz(tmp_path / "sub" / "e.npz", {"x": np.arange(3), "n": np.array(["a", "bc"])})
     back = cache.load_npz(path)
     assert back["x"].tolist() == [0, 1, 2] and back["n"].tolist() == ["a", "bc"]
+
+
+def test_entries_carry_the_sha256_of_their_arrays(tmp_path):
+    path = tmp_path / "e.npz"
+    arrays = {"x": np.arange(4, dtype=np.uint8), "n": np.array(["a", "bc"])}
+    assert cache.write_entry(path, arrays, "T")
+    stored = cache.load_npz(path)
+    assert str(stored.pop(cache.CHECKSUM)) == cache.arrays_sha256(arrays)
+    back = cache.read_entry(path, "T")
+    assert back.keys() == arrays.keys() and all(np.array_equal(back[k], arrays[k]) for k in arrays)
+    built = []
+    again = cache.cached(path, lambda: built.append(1) or arrays, "T")
+    assert built == [] and again["x"].tolist() == [0, 1, 2, 3]

@@ -1,4 +1,5 @@
 import gc
+import math
 import warnings
 
 import higher
@@ -328,6 +329,14 @@ def test_unused_parameters_are_named_unless_allowed():
         ({"batch_norm": "running"}, "unknown batch_norm 'running'"),
         ({"loss": "hinge"}, "unknown loss 'hinge'"),
         ({"inner_lr": float("nan")}, "inner_lr must be finite"),
+        ({"inner_lr": -0.4}, r"^inner_lr must be positive, got -0.4$"),
+        ({"inner_lr": 0.0}, "inner_lr must be positive"),
+        ({"algorithm": "meta_sgd", "inner_lr": -0.1}, "inner_lr must be positive"),
+        ({"inner_steps": math.inf}, "inner_steps must be an integer"),
+        ({"meta_lr": -1.0}, r"^meta_lr must be >= 0, got -1.0$"),
+        ({"meta_lr": math.inf}, "meta_lr must be >= 0 and finite, got inf"),
+        ({"meta_grad_clip": math.nan}, "meta_grad_clip must be finite"),
+        ({"vmap_tasks": True, "vmap_chunk_size": math.nan}, "vmap_chunk_size must be >= 1 and finite"),
         ({"meta_grad_clip": 0.0}, "meta_grad_clip must be positive"),
         ({"multi_step_anneal_iters": -1}, "multi_step_anneal_iters must be >= 0"),
         ({"algorithm": "fomaml", "first_order": False}, "contradicts"),
@@ -338,6 +347,10 @@ def test_unused_parameters_are_named_unless_allowed():
 def test_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GradientMetaLearnerConfig(**kwargs)
+
+
+def test_a_zero_meta_lr_is_an_untrained_baseline():
+    assert GradientMetaLearnerConfig(meta_lr=0).meta_lr == 0
 
 
 def test_config_from_dict_names_unknown_keys():

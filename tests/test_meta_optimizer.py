@@ -103,6 +103,12 @@ def test_bad_gradients_are_named():
         ({"method": "lstm", "preconditioning": False}, "applies to meta_sgd only"),
         ({"unroll_steps": 0}, "unroll_steps must be >= 1"),
         ({"gradient_clipping": -1.0}, "gradient_clipping must be >= 0"),
+        ({"gradient_clipping": math.inf}, "gradient_clipping must be >= 0 and finite, got inf"),
+        ({"meta_lr": -1.0}, r"^meta_lr must be positive, got -1.0$"),
+        ({"meta_lr": math.nan}, "meta_lr must be finite, got nan"),
+        ({"inner_lr": 0.0}, "inner_lr must be positive, got 0.0"),
+        ({"method": "lstm", "output_scale": -0.1}, "output_scale must be positive, got -0.1"),
+        ({"hidden_size": math.inf}, "hidden_size must be >= 1 and finite, got inf"),
     ],
 )
 def test_config_errors(kwargs, message):

@@ -17,7 +17,15 @@ from fewshot_metaopt.runs.metrics_log import MetricsLog, read_metrics
 from fewshot_metaopt.runs.run_dir import RunDir
 from fewshot_metaopt.runs.task_config import load_task
 
-PAYLOAD = {key: {} for key in REQUIRED} | {"iteration": 7, "learner": {"w": torch.arange(3.0)}}
+# The smallest payload of the checkpoint's structure (runs.checkpoint.SCHEMA).
+PAYLOAD = {key: {} for key in REQUIRED} | {
+    "iteration": 7,
+    "task": {"data": {}},
+    "learner": {"w": torch.arange(3.0), "model": {}, "rule": {}, "meta_optimizer": {}, "iteration": 7},
+    "samplers": {"train": {}},
+    "progress": {"iteration": 7, "elapsed_s": 1.5, "best_value": None, "best_iteration": None,
+                 "metrics_bytes": 0, "window": {}},
+}
 
 
 class RunsCode:

@@ -1,11 +1,13 @@
 """The task files in tasks/ and the checks every task file and --set override goes through."""
 
 import math
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
+from fewshot_metaopt.cli import main
 from fewshot_metaopt.runs import toml_writer
 from fewshot_metaopt.runs.errors import RunError
 from fewshot_metaopt.runs.task_config import build_task, load_task, parse_override, task_from_dict
@@ -149,6 +151,15 @@ MINIMAL = '[train]\niterations = 3\n'
     ("[meta_schedule]\nname = 'cyclical'\n" + MINIMAL, "cyclical needs meta_schedule.period"),
     ("[meta_schedule]\nname = 'cyclical'\nperiod = 4.0\nlow = 2.0\nhigh = 1.0\n" + MINIMAL, "Cyclical needs low <= high"),
     ("[meta_schedule]\nname = 'hourly'\n" + MINIMAL, "unknown meta_schedule.name 'hourly'"),
+    ("[learner]\ninner_lr = -0.4\n" + MINIMAL, "{path}: [learner] inner_lr must be positive, got -0.4"),
+    ("[learner]\nalgorithm = 'meta_sgd'\ninner_lr = -0.4\n" + MINIMAL, "[learner] inner_lr must be positive"),
+    ("[learner]\nmeta_lr = -1\n" + MINIMAL, "{path}: [learner] meta_lr must be >= 0, got -1.0"),
+    ("[learner]\nmeta_grad_clip = nan\n" + MINIMAL, "{path}: [learner] meta_grad_clip must be finite, got nan"),
+    ("[data]\ndataset = 'sinusoid'\nnoise_std = inf\n[model]\nname = 'mlp'\n" + MINIMAL,
+     "{path}: data.noise_std must be >= 0.0 and finite, got inf"),
+    ("[inner_optimizer]\nmethod = 'lstm'\noutput_scale = 0.0\n" + MINIMAL,
+     "{path}: [inner_optimizer] output_scale must be positive, got 0.0"),
+    ("name = '../../x'\n" + MINIMAL, "{path}: name must be a plain file name"),
     ("name = \n", "is not valid TOML: "),
 ])
 def test_bad_task_files_are_one_line_errors_naming_key_and_file(tmp_path, text, expected):
@@ -171,6 +182,52 @@ def test_overrides_are_checked_like_the_file_and_blamed_by_name(tmp_path):
         "'data' is a table ([data]); cannot set 'data.root' from --set data.root=x")
     assert error(MINIMAL, [], tmp_path, data_root="/x") == (
         "data.root in --data-root does not apply to data.dataset 'glyphs'")
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "a\\b", ".hidden", "", "x" * 101, "a b", "a:b"])
+def test_a_task_name_is_one_plain_folder_name(tmp_path, monkeypatch, capsys, name):
+    override = f"name={toml_writer.toml_value(name)}"
+    message = error(MINIMAL, [override], tmp_path)
+    assert message == (
+        f"--set {override}: name must be a plain file name (letters, digits, '-', '_' and '.', at most 100 "
+        f"characters, not starting with '.'), since it names the run directory runs/<name>-<date>-<time>; "
+        f"got {name!r}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "t.toml", "--set", override]) == 1
+    assert capsys.readouterr().err == f"fewshot-metaopt: error: {message}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.toml"]
+
+
+def test_task_names_may_be_any_plain_folder_name(tmp_path):
+    for name in ("omniglot-5w1s", "run_2.v3", "x" * 100, "sinus-é", "-dash"):
+        path = tmp_path / "t.toml"
+        path.write_text(f"name = {name!r}\n" + MINIMAL)
+        assert load_task(path).name == name
+
+
+def test_a_name_taken_from_the_file_name_says_so(tmp_path):
+    path = tmp_path / "my task.toml"
+    path.write_text(MINIMAL)
+    with pytest.raises(RunError, match=rf"^the file name of {re.escape(str(path))} \(name is not set in it\): "
+                                       r"name must be a plain file name .*; got 'my task'$"):
+        load_task(path)
+    assert load_task(path, ["name=my_task"]).name == "my_task"
+
+
+def test_a_bad_schedule_value_is_blamed_on_where_it_was_set(tmp_path):
+    text = "[meta_schedule]\nname = 'cosine'\n" + MINIMAL
+    assert error(text, ["meta_schedule.min_factor=2"], tmp_path) == (
+        "--set meta_schedule.min_factor=2: [meta_schedule] Cosine needs min_factor in [0.0, 1.0], got 2.0")
+    assert error(text, ["meta_schedule.min_factor=nan"], tmp_path) == (
+        "--set meta_schedule.min_factor=nan: [meta_schedule] Cosine needs a finite number min_factor, got nan")
+    text = "[meta_schedule]\nname = 'warmup'\nsteps = 2\nstart = -inf\n" + MINIMAL
+    assert error(text, tmp_path=tmp_path) == (
+        f"{tmp_path / 't.toml'}: [meta_schedule] Warmup needs a finite number start, got -inf")
+
+
+def test_a_bad_rule_value_is_blamed_on_where_it_was_set(tmp_path):
+    assert error("[inner_optimizer]\nmethod = 'l2o'\n" + MINIMAL, ["inner_optimizer.inner_lr=-1"], tmp_path) == (
+        "--set inner_optimizer.inner_lr=-1: [inner_optimizer] inner_lr must be positive, got -1.0")
 
 
 def test_a_section_error_names_the_override_before_the_file(tmp_path):

@@ -72,30 +72,46 @@ def run(args: argparse.Namespace, command: Sequence[str], echo: Callable[[str], 
     if args.resume is not None:
         if args.task or args.overrides or args.out:
             raise RunError("--resume continues RUN_DIR with the settings it started with; give it no TASKFILE, --set or --out")
-        run_dir = RunDir.open(args.resume)
-        if run_dir.results.is_file():
-            result = json.loads(run_dir.results.read_text(encoding="utf-8"))
-            echo(f"{run_dir.path} has finished already: test {result['metric']} {result['mean']:.4f} "
-                 f"± {result['ci95']:.4f} (95% CI, {result['episodes']} episodes); see {run_dir.results}")
-            return 0
-        task = run_dir.task(args.data_root)
-        trainer = Trainer(task, args.device)
-        trainer.resume(run_dir)
-        run_dir.record_resume(command)
-        echo(f"resuming at iteration {trainer.progress.iteration}")
+        run_dir = RunDir.open(args.resume).lock()
     else:
         task = load_task(args.task, args.overrides, args.data_root)
         trainer = Trainer(task, args.device)
         run_dir = RunDir.create(args.out or default_out(task), task, command)
+    try:
+        if args.resume is not None:
+            if run_dir.results.is_file():
+                result = json.loads(run_dir.results.read_text(encoding="utf-8"))
+                echo(f"{run_dir.path} has finished already: test {result['metric']} {result['mean']:.4f} "
+                     f"± {result['ci95']:.4f} (95% CI, {result['episodes']} episodes); see {run_dir.results}")
+                return 0
+            task = run_dir.task(args.data_root)
+            trainer = Trainer(task, args.device)
+            trainer.resume(run_dir)
+            run_dir.record_resume(command)
+            echo(f"resuming at iteration {trainer.progress.iteration}")
+        return _train(task, trainer, run_dir, echo)
+    finally:
+        run_dir.release()
+
+
+def _train(task: TaskConfig, trainer: Trainer, run_dir: RunDir, echo: Callable[[str], None]) -> int:
     describe(task, trainer, run_dir, echo)
     try:
         trainer.train(run_dir)
     except FloatingPointError as err:
-        raise RunError(f"{err} (the run in {run_dir.path} keeps its last checkpoint)") from None
+        kept = (f"the run in {run_dir.path} keeps its last checkpoint, {run_dir.last_checkpoint}"
+                if run_dir.last_checkpoint.is_file() else f"no checkpoint of the run in {run_dir.path} was written")
+        raise RunError(f"{err} ({kept})") from None
     result = trainer.finish(run_dir)
     p = trainer.progress
     if p.best_iteration is not None:
         echo(f"best validation {p.best_value:.4f} at iteration {p.best_iteration}")
     echo(f"test {result}")
     echo(f"results: {run_dir.results}; learning curves: {run_dir.plots / 'learning_curves.png'}")
+    health = trainer.health
+    for finding in health.findings:
+        echo(f"warning: {finding}")
+    if health.diverged:
+        raise RunError(f"the run diverged ({'; '.join(health.findings)}); {run_dir.results} records it: lower "
+                       "learner.inner_lr or learner.meta_lr, or set learner.meta_grad_clip")
     return 0

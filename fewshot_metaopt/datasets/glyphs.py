@@ -20,8 +20,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..episodes.sampler import derive_seed
+from . import cache
 from .base import ClassImageDataset
-from .cache import atomic_write_npz, key_of, load_npz, resolve_cache_dir
 
 SPLITS = ("train", "val", "test", "trainval")
 _FORMAT = "glyphs-v1"
@@ -127,13 +127,22 @@ class Glyphs(ClassImageDataset):
                 f"{samples_per_class} and {image_size}"
             )
         indices = split_characters(num_characters, seed)[split]
-        key = key_of([_FORMAT, str(seed), str(num_characters), str(samples_per_class), str(image_size), split])
-        path = resolve_cache_dir(cache_dir) / f"glyphs-{split}-{key}.npz"
-        if path.exists():
-            pixels = load_npz(path)["images"]
-        else:
-            pixels = render_characters(indices, seed, samples_per_class, image_size)
-            atomic_write_npz(path, {"images": pixels})
+        key = cache.key_of(
+            [_FORMAT, str(seed), str(num_characters), str(samples_per_class), str(image_size), split]
+        )
+        path = cache.resolve_cache_dir(cache_dir) / f"glyphs-{split}-{key}.npz"
+        shape = (len(indices), samples_per_class, image_size, image_size)
+
+        def build() -> dict[str, np.ndarray]:
+            return {"images": render_characters(indices, seed, samples_per_class, image_size)}
+
+        def check(arrays: dict[str, np.ndarray]) -> str | None:
+            images = arrays["images"]
+            if images.dtype == np.uint8 and images.shape == shape:
+                return None
+            return f"images are {images.dtype} {images.shape}, expected uint8 {shape}"
+
+        pixels = cache.cached(path, build, "Glyphs", check)["images"]
         self.cache_path = path
         images = torch.from_numpy(pixels).reshape(-1, 1, image_size, image_size)
         super().__init__(

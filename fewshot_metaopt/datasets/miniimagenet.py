@@ -83,7 +83,10 @@ def _read_csv_rows(path: str | os.PathLike) -> list[tuple[str, str, int]]:
             f"{path.name} there or pass splits_dir= pointing at the folder holding it"
         ) from None
     except UnicodeDecodeError as err:
-        raise ValueError(f"{NAME}: {path} is not a UTF-8 text CSV ({err}); expected 'filename,label' rows") from None
+        raise ValueError(
+            f"{NAME}: {path} is not a UTF-8 text CSV ({err}); expected 'filename,label' rows: replace "
+            f"it with the Ravi & Larochelle {path.name}"
+        ) from None
     reader = csv.reader(text.splitlines())
     rows: list[tuple[str, str, int]] = []
     seen: dict[str, int] = {}
@@ -322,35 +325,25 @@ def _load_csv_part(
         ]
     )
     entry = cache_dir / "miniimagenet" / f"{csv_path.stem}-{image_size}px-{key}.npz"
-    if entry.is_file():
-        try:
-            arrays = cache.load_npz(entry)
-            images = arrays["images"]
-            if (
-                images.dtype == np.uint8
-                and images.shape == (len(filenames), 3, image_size, image_size)
-                and arrays["class_names"].tolist() == names
-                and arrays["group_sizes"].tolist() == sizes
-            ):
-                log.debug("%s: read %s", NAME, entry)
-                return images, names, sizes, entry
-            warnings.warn(f"{NAME}: cache entry {entry} does not match {csv_path}; rebuilding it")
-        except Exception as err:  # an unreadable entry is rebuilt, not trusted
-            warnings.warn(f"{NAME}: cannot read cache entry {entry} ({err}); rebuilding it")
-    log.info("%s: decoding %d images listed in %s (once; cached in %s)", NAME, len(filenames), csv_path, entry)
-    images = _decode_all([image_dir / f for f in filenames], image_size)
-    arrays = {
-        "images": images,
-        "class_names": np.array(names, dtype=np.str_),
-        "group_sizes": np.array(sizes, dtype=np.int64),
-    }
-    try:
-        cache.atomic_write_npz(entry, arrays)
-    except OSError as err:
-        warnings.warn(
-            f"{NAME}: cannot write cache entry {entry} ({err}); images will be decoded again "
-            f"next time: pass a writable cache_dir or set ${cache.CACHE_ENV}"
-        )
+    shape = (len(filenames), 3, image_size, image_size)
+
+    def build() -> dict[str, np.ndarray]:
+        log.info("%s: decoding %d images listed in %s (once; cached in %s)", NAME, len(filenames), csv_path, entry)
+        return {
+            "images": _decode_all([image_dir / f for f in filenames], image_size),
+            "class_names": np.array(names, dtype=np.str_),
+            "group_sizes": np.array(sizes, dtype=np.int64),
+        }
+
+    def check(arrays: dict[str, np.ndarray]) -> str | None:
+        images = arrays["images"]
+        if images.dtype != np.uint8 or images.shape != shape:
+            return f"images are {images.dtype} {images.shape}, {csv_path} needs uint8 {shape}"
+        if arrays["class_names"].tolist() != names or arrays["group_sizes"].tolist() != sizes:
+            return f"its classes are not those of {csv_path}"
+        return None
+
+    images = cache.cached(entry, build, NAME, check)["images"]
     return images, names, sizes, entry
 
 

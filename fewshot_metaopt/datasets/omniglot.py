@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -29,10 +28,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .base import ClassImageDataset
-from .cache import atomic_write_npz, file_digest, key_of, load_npz, resolve_cache_dir, tree_digest
+from .cache import cached, file_digest, key_of, resolve_cache_dir, tree_digest
 from .download import check_members, download_file, safe_extract
 
 ARCHIVES = ("images_background", "images_evaluation")
@@ -56,12 +55,17 @@ def _valid_splits() -> str:
 
 def _decode_one(data: bytes, where: str, image_size: int) -> np.ndarray:
     """One PNG -> grayscale, inverted (ink 255 on 0), LANCZOS-resized, uint8."""
+    buffer = io.BytesIO(data)
     try:
-        img = Image.open(io.BytesIO(data), formats=("PNG",))
+        img = Image.open(buffer, formats=("PNG",))
         img = ImageOps.invert(img.convert("L"))
     except Exception as err:  # Pillow raises several types for damaged files
+        if isinstance(err, UnidentifiedImageError):
+            reason = "not a PNG image"
+        else:  # Pillow names the in-memory buffer, which tells the reader nothing
+            reason = f"{type(err).__name__}: {str(err).replace(repr(buffer), where)}"
         raise ValueError(
-            f"Omniglot: corrupt image: {where} could not be decoded ({type(err).__name__}: {err}); "
+            f"Omniglot: corrupt image: {where} could not be decoded ({reason}); "
             f"replace the archive (delete it and pass download=True)"
         ) from None
     if img.size != (image_size, image_size):
@@ -159,22 +163,19 @@ def _cache_path(cache_dir: Path, stem: str, kind: str, source: Path, image_size:
     return cache_dir / f"omniglot-{stem}-{image_size}px-{key}.npz"
 
 
-def _read_cache(path: Path, image_size: int) -> dict[str, np.ndarray] | None:
-    try:
-        arrays = load_npz(path)
+def _cache_check(image_size: int):
+    def check(arrays: dict[str, np.ndarray]) -> str | None:
         images, characters, sizes = arrays["images"], arrays["characters"], arrays["group_sizes"]
-    except Exception as err:  # unreadable entry: rebuild it
-        warnings.warn(f"Omniglot: ignoring unreadable cache file {path} ({err}); rebuilding it")
+        if images.dtype != np.uint8 or images.shape[1:] != (1, image_size, image_size):
+            return f"images are {images.dtype} {images.shape}, expected uint8 (N, 1, {image_size}, {image_size})"
+        if int(sizes.sum()) != images.shape[0] or len(characters) != len(sizes):
+            return (
+                f"{len(characters)} characters and {len(sizes)} group sizes adding up to "
+                f"{int(sizes.sum())} for {images.shape[0]} images"
+            )
         return None
-    if (
-        images.dtype != np.uint8
-        or images.shape[1:] != (1, image_size, image_size)
-        or int(sizes.sum()) != images.shape[0]
-        or len(characters) != len(sizes)
-    ):
-        warnings.warn(f"Omniglot: cache file {path} does not match its name; rebuilding it")
-        return None
-    return arrays
+
+    return check
 
 
 def load_archive(
@@ -191,8 +192,8 @@ def load_archive(
     """
     kind, source = _locate(Path(root).expanduser(), stem)
     cache_file = _cache_path(resolve_cache_dir(cache_dir), stem, kind, source, image_size)
-    arrays = _read_cache(cache_file, image_size) if cache_file.is_file() else None
-    if arrays is None:
+
+    def build() -> dict[str, np.ndarray]:
         keys, blobs, wheres = _read_images(kind, source, stem)
         pixels = _decode_images(blobs, wheres, image_size)
         del blobs
@@ -205,13 +206,14 @@ def load_archive(
             else:
                 characters.append(label)
                 sizes.append(1)
-        arrays = {
+        return {
             "images": pixels[:, None],
             "characters": np.array(characters, dtype=str),
             "group_sizes": np.array(sizes, dtype=np.int64),
             "format": np.array(FORMAT_VERSION),
         }
-        atomic_write_npz(cache_file, arrays)
+
+    arrays = cached(cache_file, build, "Omniglot", _cache_check(image_size))
     return arrays["images"], [str(c) for c in arrays["characters"]], arrays["group_sizes"], cache_file
 
 
@@ -223,7 +225,14 @@ def read_split_file(path: str | os.PathLike) -> list[tuple[str, int]]:
     path = Path(path)
     classes: list[tuple[str, int]] = []
     seen: set[str] = set()
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"Omniglot: split file {path} is not UTF-8 text ({err}); replace it with the Vinyals "
+            f"split file (delete it and pass download=True)"
+        ) from None
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line:
             continue
@@ -371,10 +380,16 @@ class Omniglot(ClassImageDataset):
                 where[character] = (a, g)
         for character, turns in split_classes:
             if character not in where:
+                kinds = [_locate(self.root, stem)[0] for stem in stems]
+                places = [
+                    f"{stem}.zip" if kind == "zip" else f"the folder {stem}/{character}"
+                    for stem, kind in zip(stems, kinds)
+                ]
+                sources = "archives" if kinds == ["zip"] * len(kinds) else "image folders"
                 raise ValueError(
                     f"Omniglot: {split_file} names {character}/rot{turns * 90:03d}, a character in "
-                    f"neither {' nor '.join(s + '.zip' for s in stems)} under {self.root}; check that "
-                    f"the split file and the archives belong together"
+                    f"neither {' nor '.join(places)} under {self.root}; check that the split file "
+                    f"and the {sources} belong together"
                 )
         used = sorted({where[character] for character, _ in split_classes})
         position = {key: i for i, key in enumerate(used)}

@@ -30,11 +30,16 @@ class GradientMetaLearnerConfig:
         :class:`fewshot_metaopt.warp.WarpedModel`: the warp layers learn from the Warp-Grad
         objective, the adapted layers' initialisation from MAML's meta-gradient or from the
         simplified Leap gradient, whose cost does not grow with the inner steps).
-    inner_lr: inner learning rate (the initial value when it is learned).
+    inner_lr: inner learning rate (the initial value when it is learned), positive and finite:
+        a fixed negative lr would be gradient ascent and zero adapts nothing. Learned lrs
+        (Meta-SGD, ``lr_granularity`` other than ``none``) start here and may move anywhere
+        during meta-training, below zero included, but start as a descent step.
     inner_steps / inner_steps_eval: inner steps when meta-training / evaluating
         (``None``: same as training).
     first_order: ``None`` follows the algorithm (True only for ``fomaml``).
-    meta_lr, meta_optimizer: the outer optimizer (``adam`` or ``sgd``).
+    meta_lr, meta_optimizer: the outer optimizer (``adam`` or ``sgd``) and its lr, finite and
+        >= 0 (0 keeps the meta-parameters where they start: an untrained baseline run through
+        the same pipeline).
     lr_granularity: ``none``, ``scalar``, ``per_layer``, ``per_parameter``,
         ``per_step_per_layer`` (MAML++); ``None``: ``per_parameter`` for meta_sgd, else ``none``.
     multi_step_loss: MAML++'s loss over the query loss after every inner step; its weights
@@ -43,7 +48,8 @@ class GradientMetaLearnerConfig:
     batch_norm: ``transductive`` — batch norm uses the statistics of the batch it sees, at
         training and test time alike (MAML's reference setting); models should keep no
         running statistics (see :func:`fewshot_metaopt.models.conv4`).
-    meta_grad_clip: clip the meta-gradient's global norm to this (``None``: no clipping).
+    meta_grad_clip: clip the meta-gradient's global norm to this, positive and finite
+        (``None``: no clipping).
     allow_unused: let parameters get no inner gradient (otherwise an error names them).
     skip_nonfinite_tasks: drop a task whose loss turns NaN/Inf and count it, instead of
         raising.
@@ -89,14 +95,14 @@ class GradientMetaLearnerConfig:
         checks.choose("engine", self.engine, ("auto", *ENGINES.names()))
         if self.lr_granularity is not None:
             checks.choose("lr_granularity", self.lr_granularity, GRANULARITIES)
-        if self.inner_steps < 1:
+        if checks.integer("inner_steps", self.inner_steps) < 1:
             raise checks.ConfigError("inner_steps",
                                      f"inner_steps must be >= 1 for meta-training, got {self.inner_steps}")
         checks.at_least("inner_steps_eval", self.inner_steps_eval, 0)
-        for name in ("inner_lr", "meta_lr"):
-            checks.real(name, getattr(self, name))
+        checks.positive("inner_lr", self.inner_lr)
+        checks.at_least("meta_lr", self.meta_lr, 0)
         checks.optional_positive("meta_grad_clip", self.meta_grad_clip)
-        for name in ("warp_points", "warp_buffer_size", "multi_step_anneal_iters"):
+        for name in ("warp_points", "warp_buffer_size", "multi_step_anneal_iters", "vmap_chunk_size"):
             checks.at_least(name, getattr(self, name), 0 if name == "multi_step_anneal_iters" else 1)
         if self.algorithm == "warp_leap" and (self.granularity != "none" or self.multi_step_loss):
             raise ValueError("warp_leap does not differentiate the inner loop: learned inner lrs and "
@@ -113,7 +119,7 @@ class GradientMetaLearnerConfig:
         if self.vmap_tasks and self.allow_unused:
             raise ValueError("vmap_tasks cannot tell an unused parameter from a zero gradient; "
                              "use allow_unused=False or vmap_tasks=False")
-        if self.vmap_chunk_size is not None and (not self.vmap_tasks or self.vmap_chunk_size < 1):
+        if self.vmap_chunk_size is not None and not self.vmap_tasks:
             raise ValueError(f"vmap_chunk_size must be >= 1 and needs vmap_tasks=True, got {self.vmap_chunk_size}")
 
     @property

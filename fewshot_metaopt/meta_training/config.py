@@ -29,21 +29,23 @@ class MetaOptimizerConfig:
     coordinatewise: the learned optimizers apply one small network to every coordinate,
         weights shared, which is what lets them scale and transfer across architectures;
         there is no non-coordinatewise variant.
-    meta_lr: Adam's lr for the rule's meta-parameters in :meth:`MetaOptimizer.meta_train_step`.
+    meta_lr: Adam's lr for the rule's meta-parameters in :meth:`MetaOptimizer.meta_train_step`
+        (positive).
     unroll_steps: the truncated-BPTT window.
     gradient_clipping: max global norm of each window's meta-gradient (``0``: no clipping).
     lstm_variant: ``faithful`` (Andrychowicz 2016; 2 x num_layers x hidden floats of state per
         coordinate) or ``scalable`` (at most 2 floats per coordinate plus a per-tensor LSTM).
     inner_lr: the untrained rule's step size: Meta-SGD's initial lr, the lr of the Adam that an
         untrained scalable LSTM equals, the sign-descent step of an untrained faithful LSTM and
-        the L2O rule's ``step_mult`` (see ``rule_init``).
+        the L2O rule's ``step_mult`` (see ``rule_init``); positive, since each is a descent step.
     rule_init: ``descent`` — each learned rule starts as a hand-designed descent method and
         meta-training learns corrections (its readout starts at zero); ``random`` — the
         papers' random initialisation (untrained rules then move weights in arbitrary
         directions; see docs/meta_optimizer.md).
     inner_steps: inner steps per episode in ``meta_train_step``.
     second_order: keep the inner gradients in the graph (the papers feed them as constants).
-    output_scale: the LSTM's output scale (paper: 0.1).
+    output_scale: the LSTM's output scale (paper: 0.1), positive (the scalable LSTM starts at
+        ``log(inner_lr / output_scale)``).
     meta_loss: ``query`` (few-shot generalisation) or ``support`` (the paper's optimisee loss).
     loss: the task loss (``auto``: cross-entropy for integer labels, MSE otherwise).
     warp_buffer_size: ``warp_grad``: trajectory points the replay buffer keeps.
@@ -89,7 +91,7 @@ class MetaOptimizerConfig:
             checks.at_least(name, getattr(self, name), 1)
         checks.at_least("gradient_clipping", self.gradient_clipping, 0)
         for name in ("meta_lr", "inner_lr", "output_scale"):
-            checks.real(name, getattr(self, name))
+            checks.positive(name, getattr(self, name))
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "MetaOptimizerConfig":

@@ -117,5 +117,7 @@ def split_files(source: Any) -> list[Path]:
     if isinstance(source, MiniImageNet):
         return list(source.sources)
     if isinstance(source, Glyphs):
-        return [source.cache_path]  # drawn from the seed: the rendered pixels are the split
+        # Drawn from the seed: the rendered pixels are the split (none when a full disk kept
+        # the cache from being written; the task's seed still names them).
+        return [source.cache_path] if source.cache_path.is_file() else []
     return []

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic_files import write_failure
 from .errors import RunError
 
 
@@ -21,17 +22,26 @@ class MetricsLog:
         self._file = open(path, "ab")
 
     def append(self, record: dict[str, Any]) -> None:
-        self._file.write((json.dumps(record) + "\n").encode("utf-8"))
-        self._file.flush()
+        try:
+            self._file.write((json.dumps(record) + "\n").encode("utf-8"))
+            self._file.flush()
+        except OSError as err:
+            raise write_failure(self.path, err) from None
 
     def sync(self) -> int:
         """Flush to disk; returns the log's length, for the checkpoint about to be written."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            raise write_failure(self.path, err) from None
         return self._file.tell()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the failed write was reported when it happened; the checkpoint cuts the log back
 
     @staticmethod
     def cut_back(path: Path, length: int) -> None:

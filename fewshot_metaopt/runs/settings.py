@@ -9,6 +9,7 @@ so that a key that would be silently ignored is an error instead.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -22,6 +23,9 @@ from .model_registry import MODELS
 from .schedule_factory import SCHEDULES
 
 WARP_MODELS = tuple(name for name in MODELS if name.startswith("warp_"))
+# A task's name becomes a folder, runs/<name>-<date>-<time>, so it must stay one plain name:
+# a separator or a leading dot would put the run elsewhere or hide it.
+TASK_NAME = re.compile(r"[\w-][\w.-]{0,99}")
 # The [learner] keys that only the Warp-Grad algorithms read.
 LEARNER_WARP_KEYS = ("warp_points", "warp_buffer_size")
 # ``sgd`` is the learner's own rule; the others are the learned rules a MetaOptimizer builds.
@@ -215,9 +219,9 @@ class ScheduleSettings:
 
 @dataclass
 class TrainSettings:
-    """``[train]``: the budget (``iterations`` and/or wall-clock ``minutes``; training stops at
-    whichever comes first), episodes per meta-iteration, and how often a metrics line and a
-    checkpoint are written."""
+    """``[train]``: the budget (``iterations`` and/or wall-clock ``minutes``, both finite;
+    training stops at whichever comes first, and an unset one sets no limit), episodes per
+    meta-iteration, and how often a metrics line and a checkpoint are written."""
 
     iterations: int | None = None
     minutes: float | None = None
@@ -269,11 +273,21 @@ class EvaluationSettings:
 @dataclass
 class TopLevel:
     """The keys outside any section: the task's ``name``, a ``description`` and the ``seed``
-    of the whole run (model initialisation, training episodes, validation and test manifests)."""
+    of the whole run (model initialisation, training episodes, validation and test manifests).
+
+    ``name`` names the run directory, ``runs/<name>-<date>-<time>``: letters, digits, ``-``,
+    ``_`` and ``.``, at most 100 characters, not starting with ``.``.
+    """
 
     name: str = "task"
     description: str = ""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not TASK_NAME.fullmatch(self.name):
+            raise ConfigError("name", f"name must be a plain file name (letters, digits, '-', '_' and '.', at most "
+                                      f"100 characters, not starting with '.'), since it names the run directory "
+                                      f"runs/<name>-<date>-<time>; got {self.name!r}")
 
     def applicable(self) -> set[str]:
         return {"name", "description", "seed"}

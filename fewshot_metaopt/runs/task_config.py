@@ -220,7 +220,7 @@ def _section(cls: type, prefix: str, given: Mapping[str, Any], origins: Origins)
     try:
         settings = cls(**checked)
     except ConfigError as err:
-        if "." in err.key:
+        if "." in err.key or not prefix:
             raise RunError(f"{origins.of(err.key)}: {err}") from None
         # A library config's own check names its field; the section says which table it is in.
         section = prefix.rstrip(".")
@@ -266,11 +266,19 @@ def _cross_checks(task: TaskConfig, origins: Origins) -> None:
     try:
         task.meta_optimizer_config()
     except ValueError as err:
-        fail("inner_optimizer", f"[inner_optimizer] {err}")
+        fail(_culprit("inner_optimizer", err, InnerOptimizerSettings), f"[inner_optimizer] {err}")
     try:
         build_schedule(task.meta_schedule, task.train.iterations)
     except ValueError as err:
-        fail("meta_schedule", f"[meta_schedule] {err}")
+        fail(_culprit("meta_schedule", err, ScheduleSettings), f"[meta_schedule] {err}")
+
+
+def _culprit(section: str, err: ValueError, settings: type) -> str:
+    """The key a library object's check blames, when it is a key of ``section``; else the
+    section, whose every source is named (one of them set the values that clash)."""
+    if isinstance(err, ConfigError) and err.key in {f.name for f in fields(settings)}:
+        return f"{section}.{err.key}"
+    return section
 
 
 def _warp_checks(task: TaskConfig, origins: Origins) -> None:
@@ -323,9 +331,11 @@ def load_task(
         values, source, base = tomllib.loads(text), "the embedded quick-start task", Path.cwd()
     else:
         values, source, base = read_task_file(path), str(path), Path(path).resolve().parent
-        values.setdefault("name", Path(path).stem)
     origins = Origins(source)
     origins.record(values, source)
+    if path is not None and "name" not in values:
+        values["name"] = Path(path).stem
+        origins.keys["name"] = f"the file name of {path} (name is not set in it)"
     _resolve_paths(values, PATH_KEYS, base)
     changes: list[tuple[str, Any, str]] = [(key, value, f"--set {text}") for text in overrides
                                            for key, value in [parse_override(text)]]

@@ -19,18 +19,20 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..learners import EvaluationResult
-from . import rng_state
 from ..atomic_files import remove_leftovers
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..learners import EvaluationResult
+from . import checkpoint_pair, rng_state
+from .checkpoint import applied, load_checkpoint
 from .components import build_learner, build_scheduler, manifest, train_sampler
 from .data_sources import open_split, sha256_of, split_files
 from .errors import RunError
+from .health import Health, diagnose
 from .learning_curves import plot_learning_curves
 from .metrics_log import MetricsLog, read_metrics
 from .provenance import git_commit, package_version
 from .run_dir import RunDir, now, write_json
-from .task_config import PATH_KEYS, TaskConfig
+from .task_config import TaskConfig
+from .task_identity import same_task
 
 ROLES = ("train", "val", "test")
 
@@ -80,12 +82,6 @@ class Progress:
         return cls(**{**state, "window": Window(**state["window"])})
 
 
-def _without_paths(values: dict[str, Any]) -> dict[str, Any]:
-    """A task minus its data paths, which may move between machines without changing the run."""
-    data = {k: v for k, v in values["data"].items() if f"data.{k}" not in PATH_KEYS}
-    return {**values, "data": data}
-
-
 class Trainer:
     """Everything a run needs, built from ``task`` before anything is written to disk, so
     that bad data or settings fail without leaving a half-made run directory behind."""
@@ -100,6 +96,7 @@ class Trainer:
         self.learner = build_learner(task, device)
         self.scheduler = build_scheduler(task, self.learner)
         self.progress = Progress()
+        self.health: Health | None = None
 
     # ------------------------------------------------------------------------ checkpoints
 
@@ -118,10 +115,7 @@ class Trainer:
     def _checkpoint(self, run: RunDir, log: MetricsLog, started: float, best: bool) -> None:
         self.progress.elapsed_s = time.monotonic() - started
         self.progress.metrics_bytes = log.sync()
-        payload = self._payload()
-        save_checkpoint(run.last_checkpoint, payload)
-        if best:
-            save_checkpoint(run.best_checkpoint, payload)
+        checkpoint_pair.save(run, self._payload(), best)
 
     def resume(self, run: RunDir) -> None:
         """Continue from ``run``'s latest checkpoint (from the start if it has none yet)."""
@@ -129,18 +123,21 @@ class Trainer:
             remove_leftovers(folder)
         if not run.last_checkpoint.is_file():
             MetricsLog.cut_back(run.metrics, 0)
-            run.best_checkpoint.unlink(missing_ok=True)
+            for path in (run.best_checkpoint, checkpoint_pair.pending_best(run)):
+                path.unlink(missing_ok=True)
             return
         state = load_checkpoint(run.last_checkpoint, map_location=self.device)
-        if _without_paths(state["task"]) != _without_paths(self.task.to_dict()):
+        if not same_task(state["task"], self.task.to_dict()):
             raise RunError(f"{run.config} no longer matches the run's checkpoint {run.last_checkpoint}; "
                            "a run resumes with the settings it started with")
-        self.learner.load_state_dict(state["learner"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["meta_schedule"])
-        self.sampler.load_state_dict(state["samplers"]["train"])
-        rng_state.restore(state["rng"])
-        self.progress = Progress.from_dict(state["progress"])
+        checkpoint_pair.settle(run, state)
+        with applied(run.last_checkpoint):
+            self.learner.load_state_dict(state["learner"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["meta_schedule"])
+            self.sampler.load_state_dict(state["samplers"]["train"])
+            rng_state.restore(state["rng"])
+            self.progress = Progress.from_dict(state["progress"])
         MetricsLog.cut_back(run.metrics, self.progress.metrics_bytes)
 
     # ------------------------------------------------------------------------ the loop
@@ -204,12 +201,14 @@ class Trainer:
 
     def finish(self, run: RunDir) -> EvaluationResult:
         """Test the checkpoint that stands for the run; write results.json and the curves."""
-        path = run.checkpoint_for_use()
+        path = checkpoint_pair.checkpoint_for_use(run)
         state = load_checkpoint(path, map_location=self.device)
-        self.learner.load_state_dict(state["learner"])
+        with applied(path):
+            self.learner.load_state_dict(state["learner"])
         result = self.learner.evaluate(tqdm(self.test, desc="test", leave=False, unit="episode", mininterval=1.0))
         info = run.read_info()
         p = self.progress
+        self.health = diagnose(read_metrics(run.metrics), self.task.ways, self.task.regression, result.mean, result.ci95)
         write_json(run.results, {
             "task": self.task.name,
             "split": self.task.data.test_split,
@@ -223,6 +222,7 @@ class Trainer:
             "checkpoint_iteration": state["iteration"],
             "best_validation": None if p.best_value is None else {"iteration": p.best_iteration, "mean": p.best_value},
             "iterations": p.iteration,
+            "health": self.health.to_dict(),
             "train_seconds": round(p.elapsed_s, 1),
             "split_files": {role: {str(f): sha256_of(f) for f in split_files(source)} for role, source in self.sources.items()},
             "package_version": package_version(),
