@@ -64,10 +64,15 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: reading it means setting it for a moment, which a thread creating a
+# file at that moment would notice.
+UMASK = _read_umask()
 
 
 @contextmanager
@@ -80,7 +85,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         raise write_failure(target, err) from None
     try:
         # mkstemp makes the file private (0600); the finished file gets the usual mode.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
             try:
                 yield f
