@@ -88,14 +88,15 @@ Iteration = Callable[[], None]
 # ------------------------------------------------------------------------------- the engines
 
 
-def ours(engine: str, vmap: bool = False, package=None):
+def ours(engine: str, vmap: bool = False, package=None, precision: str = "fp32"):
     """Our learner on ``engine``; ``package``: another checkout's ``fewshot_metaopt`` (``--baseline``)."""
     def build(w: Workload, model: nn.Module, episodes: list[Episode]) -> Iteration:
+        extra = {} if precision == "fp32" else {"precision": precision}
         learner_class = GradientMetaLearner if package is None else package.GradientMetaLearner
         config_class = GradientMetaLearnerConfig if package is None else package.GradientMetaLearnerConfig
         config = config_class(
             algorithm=w.algorithm, inner_lr=w.inner_lr, inner_steps=w.steps, meta_lr=META_LR,
-            first_order=w.first_order, engine=engine, vmap_tasks=vmap,
+            first_order=w.first_order, engine=engine, vmap_tasks=vmap, **extra,
         )
         learner = learner_class(model, config)
         if package is not None:
@@ -338,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the FLOP count and the memory measurement (one more iteration per engine)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--precision", default="fp32",
+                        help="comma-separated precisions of our engines (fp32, bf16, fp16): each adds its own rows")
     parser.add_argument("--baseline", metavar="DIR", default=None,
                         help="also time the func and higher engines of the checkout in DIR (before/after a change)")
     args = parser.parse_args(argv)
@@ -350,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown workload or engine: {', '.join(unknown)}")
     engines = [e for e in ENGINES if e.name in wanted and installed(e.package)]
+    for precision in (p for p in args.precision.split(",") if p != "fp32"):
+        engines += [Engine(f"{e.name}-{precision}", ours(e.name.removeprefix("ours-").removesuffix("-vmap"),
+                                                         vmap=e.name.endswith("-vmap"), precision=precision),
+                           None, e.runs) for e in ENGINES if e.name in wanted and e.name.startswith("ours-")]
     if args.baseline is not None:
         baseline = load_baseline(args.baseline)
         engines += [Engine(f"baseline-{name}", ours(name, package=baseline), None, lambda w: True)

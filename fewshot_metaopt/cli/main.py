@@ -41,6 +41,12 @@ def build_parser() -> OneLineParser:
 
 def one_line(err: BaseException) -> str:
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        # torch's message runs to a paragraph of allocator statistics; its first two sentences
+        # say what failed ("CUDA out of memory. Tried to allocate 2.00 GiB").
+        what = ". ".join(text.split(". ")[:2]).rstrip(".")
+        return (f"the GPU ran out of memory ({what}); start the run with a smaller train.meta_batch (or "
+                "learner.vmap_chunk_size when learner.vmap_tasks is on), or use a GPU with more free memory")
     if isinstance(err, EXPECTED):
         return text or type(err).__name__
     return f"unexpected {type(err).__name__}: {text} (rerun with --debug for the traceback)"

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..optim.rules.base import UpdateRule, step_rule
 from .functional_model import Forward, functional_forward
+from .precision import FP32, Precision
 
 MODES = ("second_order", "first_order", "eval")
 
@@ -81,23 +82,29 @@ class FuncEngine:
     meta-gradient lands in their ``.grad`` like any other autograd result.
     """
 
-    def __init__(self, model: nn.Module, rule: UpdateRule, adapted: Sequence[str]) -> None:
-        self.model, self.rule, self.adapted = model, rule, list(adapted)
+    def __init__(self, model: nn.Module, rule: UpdateRule, adapted: Sequence[str],
+                 precision: Precision = FP32) -> None:
+        self.model, self.rule, self.adapted, self.precision = model, rule, list(adapted), precision
         self.names = [n for n, _ in model.named_parameters()]
-        self.forward = functional_forward(model)
+        self.device = next(model.parameters()).device
+        self.forward = precision.wrap(functional_forward(model, lowerings=precision.lowerings), self.device)
         self._vmap_forward: Forward | None = None
         self.usage_checked = False
+        # fp16: the current scale of the outer loss, applied to every inner loss too (see .precision).
+        self.loss_scale = 1.0
 
     def adapted_model(self, params: Mapping[str, Tensor]) -> AdaptedModel:
         return AdaptedModel(self.forward, params, self.names)
 
     def _grads(self, loss: Tensor, params: Mapping[str, Tensor], mode: str, allow_unused: bool) -> dict[str, Tensor]:
         targets = [params[n] for n in self.adapted]
-        grads = torch.autograd.grad(loss, targets, create_graph=mode == "second_order", allow_unused=True)
+        scale = self.loss_scale
+        grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, targets,
+                                    create_graph=mode == "second_order", allow_unused=True)
         missing = [n for n, g in zip(self.adapted, grads) if g is None]
         if missing and not allow_unused:
             raise unused_parameters_error(missing)
-        return {n: g for n, g in zip(self.adapted, grads) if g is not None}
+        return {n: g / scale if scale != 1.0 else g for n, g in zip(self.adapted, grads) if g is not None}
 
     def check_gradients_reach(self, loss: Tensor) -> None:
         """Raise unless every adapted parameter gets a gradient from ``loss``, a loss at the
@@ -163,10 +170,12 @@ class FuncEngine:
         if mode not in ("second_order", "first_order"):
             raise ValueError(f"vmapped inner loops are for meta-training; got mode {mode!r}")
         if self._vmap_forward is None:
-            self._vmap_forward = functional_forward(self.model, for_vmap=True)
+            self._vmap_forward = self.precision.wrap_batched(functional_forward(self.model, for_vmap=True),
+                                                             self.device)
         forward = self._vmap_forward
         theta = dict(self.model.named_parameters())
         first_order = mode == "first_order"
+        scale = self.loss_scale
 
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
             params, state = dict(theta), None
@@ -174,10 +183,11 @@ class FuncEngine:
             for step in range(steps):
                 def support(current: dict[str, Tensor], params=params, sx=sx, sy=sy):
                     value = loss(forward({**params, **current}, sx), sy)
-                    return value, value.detach()
+                    return value * scale, value.detach()
 
                 current = {n: params[n] for n in self.adapted}
                 grads, value = torch.func.grad(support, has_aux=True)(current)
+                grads = {n: g / scale for n, g in grads.items()} if scale != 1.0 else grads
                 if first_order:
                     grads = {n: g.detach() for n, g in grads.items()}
                 new, state = step_rule(self.rule, current, grads, state, step, value)

@@ -15,7 +15,7 @@ faster; ``docs/engines.md`` has the figures, and what was tried and dropped):
   maximum is positive, and both orders give zero otherwise), on a quarter of the elements.
 
 Batch norm always normalises with the statistics of the batch it sees unless the layer is in
-eval mode with running statistics, and never writes its buffers: the same outputs as the higher
+eval mode with running statistics (in float32 under mixed precision), and never writes its buffers: the same outputs as the higher
 engine, whose buffers are throw-away copies. A layer the lowering does not know is called as it
 is when it holds no tensors, else through ``torch.func.functional_call`` with copies of its
 buffers; a model that is not a plain ``nn.Sequential`` (or has hooks) is called whole that way.
@@ -32,10 +32,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 Params = Mapping[str, Tensor]
 Forward = Callable[[Params, Tensor], Tensor]
+REDUCED = (torch.bfloat16, torch.float16)
+# The CPU forms of the module docstring, by name; a forward may leave any of them out.
+LOWERINGS = frozenset({"channels_last", "im2col", "pool_before_relu"})
 Op = Callable[[Params, Tensor], Tensor]
 
 
-def functional_forward(model: nn.Module, for_vmap: bool = False) -> Forward:
+def functional_forward(model: nn.Module, for_vmap: bool = False,
+                       lowerings: frozenset[str] = LOWERINGS) -> Forward:
     """``forward(params, x)``: ``model(x)`` with its parameters replaced by ``params`` (a dict
     over ``model.named_parameters()`` names).
 
@@ -43,6 +47,7 @@ def functional_forward(model: nn.Module, for_vmap: bool = False) -> Forward:
     plain convolutions (no memory-format tricks), and batch norm written out in elementary ops,
     because the batching rule of ``native_batch_norm_backward`` gives wrong second derivatives
     (pytorch/functorch#534; measured here: errors of 1e-3 in float64 meta-gradients).
+    ``lowerings`` names the CPU forms to use (all by default; see :data:`LOWERINGS`).
     """
     names = {id(p): n for n, p in model.named_parameters()}
     leaves = _sequential_leaves(model) if not _has_hooks(model) else None
@@ -53,11 +58,12 @@ def functional_forward(model: nn.Module, for_vmap: bool = False) -> Forward:
     while i < len(leaves):
         module = leaves[i]
         follower = leaves[i + 1] if i + 1 < len(leaves) else None
-        if type(module) is nn.ReLU and type(follower) is nn.MaxPool2d and not follower.return_indices:
+        if ("pool_before_relu" in lowerings and type(module) is nn.ReLU and type(follower) is nn.MaxPool2d
+                and not follower.return_indices):
             ops += [_max_pool(follower), _relu]
             i += 2
             continue
-        ops.append(_lowered(module, names, for_vmap))
+        ops.append(_lowered(module, names, for_vmap, lowerings))
         i += 1
 
     def forward(params: Params, x: Tensor) -> Tensor:
@@ -111,9 +117,9 @@ def _param(module: nn.Module, local: str, names: Mapping[int, str]) -> str | Non
     return None if p is None else names[id(p)]
 
 
-def _lowered(module: nn.Module, names: Mapping[int, str], for_vmap: bool) -> Op:
+def _lowered(module: nn.Module, names: Mapping[int, str], for_vmap: bool, lowerings: frozenset[str]) -> Op:
     if type(module) is nn.Conv2d:
-        return _conv2d(module, names, not for_vmap)
+        return _conv2d(module, names, frozenset() if for_vmap else lowerings)
     if type(module) is nn.Linear:
         w, b = _param(module, "weight", names), _param(module, "bias", names)
         return lambda params, x: F.linear(x, params[w], None if b is None else params[b])
@@ -133,10 +139,11 @@ def _lowered(module: nn.Module, names: Mapping[int, str], for_vmap: bool) -> Op:
     return called
 
 
-def _conv2d(m: nn.Conv2d, names: Mapping[int, str], cpu_kernels: bool) -> Op:
+def _conv2d(m: nn.Conv2d, names: Mapping[int, str], lowerings: frozenset[str]) -> Op:
     w, b = _param(m, "weight", names), _param(m, "bias", names)
+    channels_last = "channels_last" in lowerings
     im2col = (
-        cpu_kernels
+        "im2col" in lowerings
         and m.in_channels == 1
         and m.groups == 1
         and m.padding_mode == "zeros"
@@ -145,11 +152,13 @@ def _conv2d(m: nn.Conv2d, names: Mapping[int, str], cpu_kernels: bool) -> Op:
 
     def op(params: Params, x: Tensor) -> Tensor:
         weight, bias = params[w], None if b is None else params[b]
-        if not cpu_kernels or x.device.type != "cpu" or x.dim() != 4:
+        if x.device.type != "cpu" or x.dim() != 4:
             return m._conv_forward(x, weight, bias)
         if im2col:
             return _unfolded_conv(x, weight, bias, m)
-        return m._conv_forward(x.contiguous(memory_format=torch.channels_last), weight, bias)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return m._conv_forward(x, weight, bias)
 
     return op
 
@@ -172,7 +181,7 @@ def _unfolded_conv(x: Tensor, weight: Tensor, bias: Tensor | None, m: nn.Conv2d)
 def _batch_norm(m: _BatchNorm, names: Mapping[int, str], decomposed: bool) -> Op:
     w, b = _param(m, "weight", names), _param(m, "bias", names)
 
-    def op(params: Params, x: Tensor) -> Tensor:
+    def normalise(params: Params, x: Tensor) -> Tensor:
         batch_stats = m.training or m.running_mean is None
         mean = None if batch_stats else m.running_mean
         var = None if batch_stats else m.running_var
@@ -180,6 +189,16 @@ def _batch_norm(m: _BatchNorm, names: Mapping[int, str], decomposed: bool) -> Op
         if decomposed:
             return _elementary_batch_norm(x, mean, var, weight, bias, m.eps)
         return F.batch_norm(x, mean, var, weight, bias, batch_stats, 0.0, m.eps)
+
+    def op(params: Params, x: Tensor) -> Tensor:
+        if x.dtype not in REDUCED:
+            return normalise(params, x)
+        # Under mixed precision the statistics are taken in float32 (bf16 keeps 8 bits of
+        # mantissa: a variance of its activations loses what the meta-gradient reads back);
+        # the output goes on in the activations' own dtype.
+        with torch.autocast(x.device.type, enabled=False):
+            full = {n: params[n].float() for n in (w, b) if n is not None}
+            return normalise({**params, **full}, x.float()).to(x.dtype)
 
     return op
 

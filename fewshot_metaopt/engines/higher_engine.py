@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..optim.rules.base import UpdateRule, step_rule
 from ..torch_optim.rule_optimizer import RuleOptimizer
 from .func_engine import MODES, Recorder, unused_parameters_error
+from .precision import FP32, Precision
 
 
 class DifferentiableRuleOptimizer(higher.optim.DifferentiableOptimizer):
@@ -35,9 +36,11 @@ class DifferentiableRuleOptimizer(higher.optim.DifferentiableOptimizer):
         self.step_count = 0
         self._loss: Tensor | None = None
 
-    def step(self, loss: Tensor, *args, **kwargs):
+    def step(self, loss: Tensor, *args, rule_loss: Tensor | None = None, **kwargs):
+        """higher's step on ``loss``; ``rule_loss`` is what the rule reads as the loss when it
+        differs from the loss differentiated (a scaled one, under fp16)."""
         # higher hands ``_update`` the gradients only; the rule's loss argument is kept here.
-        self._loss = loss
+        self._loss = loss if rule_loss is None else rule_loss
         try:
             return super().step(loss, *args, **kwargs)
         finally:
@@ -60,18 +63,37 @@ def detach_grads(grads):
     return [None if g is None else g.detach() for g in grads]
 
 
+class PrecisionModel:
+    """higher's functional model with its forward under a precision's autocast (outputs in
+    float32); everything else is the functional model's own."""
+
+    def __init__(self, fmodel: Any, forward: Callable[..., Tensor]) -> None:
+        self.fmodel, self._forward = fmodel, forward
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self._forward(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fmodel, name)
+
+
 class HigherEngine:
     """Adapts ``model``'s parameters named ``adapted`` with ``rule`` in higher's functional
     modules; ``model`` itself is never written (its weights are the initial fast weights)."""
 
-    def __init__(self, model: nn.Module, rule: UpdateRule, adapted: Sequence[str]) -> None:
-        self.model, self.rule, self.adapted = model, rule, list(adapted)
+    def __init__(self, model: nn.Module, rule: UpdateRule, adapted: Sequence[str],
+                 precision: Precision = FP32) -> None:
+        self.model, self.rule, self.adapted, self.precision = model, rule, list(adapted), precision
         self.names = [n for n, _ in model.named_parameters()]
         params = dict(model.named_parameters())
+        self.device = next(iter(params.values())).device
         self.optimizer = RuleOptimizer([(n, params[n]) for n in self.adapted], rule)
+        # fp16: the current scale of the outer loss, applied to every inner loss too (see .precision).
+        self.loss_scale = 1.0
 
     def _grad_callback(self, first_order: bool, allow_unused: bool) -> Callable | None:
-        if allow_unused and not first_order:
+        scale = self.loss_scale
+        if allow_unused and not first_order and scale == 1.0:
             return None
         adapted = set(self.adapted)
 
@@ -80,6 +102,8 @@ class HigherEngine:
                 missing = [n for n, g in zip(self.names, grads) if g is None and n in adapted]
                 if missing:
                     raise unused_parameters_error(missing)
+            if scale != 1.0:
+                grads = [None if g is None else g / scale for g in grads]
             return detach_grads(grads) if first_order else grads
 
         return callback
@@ -101,13 +125,19 @@ class HigherEngine:
         fmodel = higher.monkeypatch(self.model, copy_initial_weights=False, track_higher_grads=track)
         diffopt = higher.optim.get_diff_optim(self.optimizer, self.model.parameters(), fmodel=fmodel,
                                               track_higher_grads=track)
+        if self.precision.dtype is not None:
+            fmodel = PrecisionModel(fmodel, self.precision.wrap(fmodel, self.device))
         callback = self._grad_callback(mode == "first_order", allow_unused)
+        scale = self.loss_scale
         query_losses: list[Tensor] = []
         for step in range(steps):
             loss = support_loss(fmodel, step)
             if record is not None:
                 record(dict(zip(self.names, fmodel.fast_params)), diffopt.rule_state, step)
-            diffopt.step(loss, grad_callback=callback)
+            if scale != 1.0:
+                diffopt.step(loss * scale, grad_callback=callback, rule_loss=loss)
+            else:
+                diffopt.step(loss, grad_callback=callback)
             if query_loss is not None and step < steps - 1:
                 query_losses.append(query_loss(fmodel))
         return fmodel, diffopt.rule_state, query_losses

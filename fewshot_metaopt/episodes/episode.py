@@ -78,6 +78,80 @@ class EpisodeBatch:
         ]
 
 
+def _resolved(device: torch.device | str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.device("cpu")  # CPU tensors report no index, whatever "cpu:N" named
+    if device.type == "cuda" and device.index is None:  # pragma: no cover - needs a GPU
+        # "cuda" means the current GPU, where .to("cuda") would put a tensor.
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _holds(tensor: Tensor, device: torch.device) -> bool:
+    return tensor.device.type == device.type and (device.index is None or tensor.device.index == device.index)
+
+
+def _tensors(episode: Episode) -> list[Tensor]:
+    return [v for v in (getattr(episode, f.name) for f in fields(episode)) if isinstance(v, Tensor)]
+
+
+def _stackable(episodes: Sequence[Episode]) -> bool:
+    """Whether every field is a tensor of one shape, dtype and device in all episodes (or None
+    in all), so that one stacked copy per field carries the whole meta-batch."""
+    for f in fields(Episode):
+        values = [getattr(ep, f.name) for ep in episodes]
+        if all(v is None for v in values):
+            continue
+        if not all(isinstance(v, Tensor) for v in values):
+            return False
+        first = values[0]
+        # dtype too: torch.stack would promote mixed dtypes and change what the model sees.
+        if any(v.shape != first.shape or v.dtype != first.dtype or v.device != first.device for v in values):
+            return False
+    return True
+
+
+def _to(value: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cuda" and value.device.type == "cpu":  # pragma: no cover - needs a GPU
+        # From page-locked memory the copy runs asynchronously on the current stream, which
+        # orders it before the kernels that read it; pageable memory would block the host.
+        host = value if value.is_pinned() else value.pin_memory()
+        return host.to(device, non_blocking=True)
+    return value.to(device)
+
+
+def _episode_to(episode: Episode, device: torch.device) -> Episode:
+    values = {f.name: getattr(episode, f.name) for f in fields(episode)}
+    return Episode(**{name: _to(v, device) if isinstance(v, Tensor) else v for name, v in values.items()})
+
+
+def _stacked_to(values: list[Tensor], device: torch.device) -> Tensor:
+    if device.type == "cuda" and values[0].device.type == "cpu":  # pragma: no cover - needs a GPU
+        # Stacked straight into page-locked memory: one host copy, then one asynchronous transfer.
+        buffer = torch.empty((len(values), *values[0].shape), dtype=values[0].dtype, pin_memory=True)
+        return torch.stack(values, out=buffer).to(device, non_blocking=True)
+    return torch.stack(values).to(device)
+
+
+def episodes_to(episodes: Sequence[Episode], device: torch.device | str) -> list[Episode]:
+    """``episodes`` on ``device``: the same objects when all their tensors are already there;
+    otherwise one transfer per field for the whole meta-batch when the episodes share shapes,
+    dtypes and devices (each episode then holds views of the stacked tensors), else one
+    episode at a time. Transfers to a GPU go from page-locked memory and do not block."""
+    episodes = list(episodes)
+    target = _resolved(device)
+    if all(_holds(t, target) for ep in episodes for t in _tensors(ep)):
+        return episodes
+    if not _stackable(episodes):
+        return [_episode_to(ep, target) for ep in episodes]
+    moved = {}
+    for f in fields(Episode):
+        values = [getattr(ep, f.name) for ep in episodes]
+        moved[f.name] = [None] * len(episodes) if values[0] is None else _stacked_to(values, target).unbind(0)
+    return [Episode(**{name: column[i] for name, column in moved.items()}) for i in range(len(episodes))]
+
+
 def stack_episodes(episodes: Sequence[Episode]) -> EpisodeBatch:
     """Stack episodes into one :class:`EpisodeBatch`; they must all have the same shapes."""
     if len(episodes) == 0:

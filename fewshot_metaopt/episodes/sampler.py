@@ -152,4 +152,5 @@ class TaskDistributionSampler:
             raise ValueError(
                 f"sampler state was saved for {state['config']}, this sampler is {asdict(self.config)}"
             )
-        self.generator.set_state(state["generator"])
+        # A generator's state is a CPU ByteTensor; a checkpoint loaded onto a GPU holds it there.
+        self.generator.set_state(state["generator"].cpu())

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .. import checks
 from ..config_keys import from_mapping
 from ..engines.choice import ENGINES
+from ..engines.precision import PRECISIONS
 from ..losses import LOSSES
 from ..optim.learned_lr import GRANULARITIES
 from ..optim.outer_step import OUTER_OPTIMIZERS
@@ -64,6 +65,10 @@ class GradientMetaLearnerConfig:
         instead of one after another (slower on the CPU, for accelerators).
     vmap_chunk_size: with ``vmap_tasks``, tasks per vmapped chunk; each chunk's meta-gradient
         is taken before the next one runs, which bounds memory (``None``: the whole meta-batch).
+    precision: ``fp32``, ``bf16`` (autocast on CPU and CUDA) or ``fp16`` (CUDA, with loss
+        scaling): the precision of the network's forward passes, inner and outer; losses,
+        batch-norm statistics, learned lrs and rule states, and meta-gradients stay float32
+        (see :mod:`fewshot_metaopt.engines.precision`).
     """
 
     algorithm: str = "maml"
@@ -86,6 +91,7 @@ class GradientMetaLearnerConfig:
     engine: str = "auto"
     vmap_tasks: bool = False
     vmap_chunk_size: int | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         checks.choose("algorithm", self.algorithm, ALGORITHMS.names())
@@ -93,6 +99,7 @@ class GradientMetaLearnerConfig:
         checks.choose("batch_norm", self.batch_norm, BATCH_NORM_MODES)
         checks.choose("loss", self.loss, LOSSES)
         checks.choose("engine", self.engine, ("auto", *ENGINES.names()))
+        checks.choose("precision", self.precision, PRECISIONS.names())
         if self.lr_granularity is not None:
             checks.choose("lr_granularity", self.lr_granularity, GRANULARITIES)
         if checks.integer("inner_steps", self.inner_steps) < 1:

@@ -18,6 +18,7 @@ differentiable optimizer; any rule with the update-rule contract plugs into both
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import torch
@@ -25,7 +26,8 @@ from torch import Tensor, nn
 
 from ..engines.choice import ENGINES
 from ..engines.func_engine import FuncEngine
-from ..episodes.episode import Episode
+from ..engines.precision import lower_scale_after_overflow, resolve_precision
+from ..episodes.episode import Episode, episodes_to
 from ..losses import task_loss
 from ..optim.learned_lr import learned_lr_of, learned_lr_tensors_of
 from ..optim.outer_step import OUTER_OPTIMIZERS, clipped_step
@@ -101,14 +103,17 @@ class GradientMetaLearner:
                 dtype=reference.dtype,
             )
         self.rule = inner_optimizer.to(device=reference.device, dtype=reference.dtype)
-        self.engine = ENGINES[config.inner_engine](model, self.rule, self.adapted)
+        self.precision = resolve_precision(config.precision, reference.device)
+        self.scaler = self.precision.scaler(reference.device)
+        self.engine = ENGINES[config.inner_engine](model, self.rule, self.adapted, self.precision)
         meta_params = list(model.parameters()) + list(self.rule.parameters())
         self.meta_optimizer: torch.optim.Optimizer = OUTER_OPTIMIZERS[config.meta_optimizer](meta_params,
                                                                                            lr=config.meta_lr)
         self.iteration = 0
         self.warp = None
         if warped:
-            self.warp = WarpGradTrainer(model, self.rule, config.warp_buffer_size, config.warp_points, config.loss)
+            self.warp = WarpGradTrainer(model, self.rule, config.warp_buffer_size, config.warp_points, config.loss,
+                                        precision=self.precision)
 
     @property
     def func_engine(self) -> FuncEngine | None:
@@ -139,21 +144,50 @@ class GradientMetaLearner:
     def inner_loop(self, episode: Episode, steps: int, mode: str, task: int, per_step_query: bool, record=None):
         """Adapt on the support set; returns the adapted model, the rule's state and the query
         losses after every step but the last when ``per_step_query``. ``record(params,
-        rule_state, step)`` sees the weights each step starts from."""
+        rule_state, step)`` sees the weights each step starts from.
+
+        The support losses are checked for finiteness once, after the loop: a check reads the
+        value on the host, which on an accelerator waits for every queued kernel, so one check
+        per task instead of one per step. A non-finite loss still names its step (the steps
+        after it ran on non-finite weights, to no effect). With ``record`` each loss is
+        checked before its point is recorded, so that no non-finite point enters a buffer.
+        """
+        seen: list[Tensor] = []
+
         def support_loss(fmodel, step: int) -> Tensor:
             out = self.forward(fmodel, episode.support_x, task, "support")
-            return self.checked(self.loss(out, episode.support_y, task, "support"), task, "support", step)
+            loss = self.loss(out, episode.support_y, task, "support")
+            if record is not None:
+                return self.checked(loss, task, "support", step)
+            seen.append(loss.detach())
+            return loss
 
         def query_loss(fmodel) -> Tensor:
             return self.loss(self.forward(fmodel, episode.query_x, task, "query"), episode.query_y, task, "query")
 
-        return self.engine.inner_loop(steps, mode, support_loss, query_loss if per_step_query else None,
-                                      self.config.allow_unused, record)
+        adapted = self.engine.inner_loop(steps, mode, support_loss, query_loss if per_step_query else None,
+                                         self.config.allow_unused, record)
+        if seen and not bool(torch.isfinite(torch.stack(seen)).all()):
+            step = next(k for k, value in enumerate(seen) if not torch.isfinite(value))
+            self.checked(seen[step], task, "support", step)
+        return adapted
 
     @property
     def training_mode(self) -> str:
         """The inner-loop mode of meta-training: ``first_order`` or ``second_order``."""
         return "first_order" if self.config.uses_first_order else "second_order"
+
+    def backward(self, objective: Tensor, inputs: list[Tensor] | None = None) -> None:
+        """Add ``objective``'s gradient to the meta-parameters' ``.grad`` (scaled under fp16,
+        unscaled again before the outer step)."""
+        if self.scaler is not None:
+            objective = self.scaler.scale(objective)
+        objective.backward(inputs=inputs)
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor on every loss differentiated this meta-step (1 but under fp16)."""
+        return 1.0 if self.scaler is None else float(self.scaler.get_scale())
 
     def step_weights(self, steps: int) -> Tensor:
         """MAML++ multi-step loss weights: uniform, annealed towards the last step."""
@@ -191,16 +225,29 @@ class GradientMetaLearner:
         episodes = list(episodes)
         if not episodes:
             raise ValueError("a meta-batch needs at least one episode, got none")
-        return strategy_for(self.config)(self, episodes)
+        self.engine.loss_scale = self.loss_scale
+        if self.warp is not None:
+            self.warp.loss_scale = self.engine.loss_scale
+        return strategy_for(self.config)(self, episodes_to(episodes, self.device))
 
     def meta_train_step(self, episodes: Iterable[Episode]) -> MetaTrainResult:
         """One outer update from a meta-batch of episodes."""
         self.meta_optimizer.zero_grad(set_to_none=True)
-        result = self.accumulate_meta_gradient(episodes)
+        episodes = list(episodes)
+        try:
+            result = self.accumulate_meta_gradient(episodes)
+        except NonFiniteLossError:
+            if not lower_scale_after_overflow(self.scaler):
+                raise
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            self.iteration += 1
+            return MetaTrainResult(loss=math.nan, accuracy=None, grad_norm=math.nan, tasks=0,
+                                   skipped_tasks=len(episodes))
         result.grad_norm = clipped_step(
             self.meta_optimizer, self.meta_parameters, self.config.meta_grad_clip,
             lambda norm: FloatingPointError(f"meta-gradient norm is {norm} at iteration {self.iteration}; nothing was "
                                             "updated (lower meta_lr or inner_lr, or set meta_grad_clip)"),
+            self.scaler,
         )
         self.iteration += 1
         return result

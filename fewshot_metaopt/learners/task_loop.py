@@ -32,6 +32,6 @@ def accumulate_task_loop_meta_gradient(learner: MetaLearner, episodes: List[Epis
             continue
         losses.append(final)
         objective = final if weights is None else sum(w * l for w, l in zip(weights.tolist(), losses))
-        (objective / len(episodes)).backward()
+        learner.backward(objective / len(episodes))
         tally.add(final.item(), output, episode.query_y)
     return tally.result(learner.meta_parameters, len(episodes), skipped)

@@ -103,7 +103,7 @@ def _differentiate_chunk(
         else:
             losses = [*run.step_query_losses[i].unbind(), final] if steps > 1 else [final]
             objective = objective + sum(w * loss for w, loss in zip(weights.tolist(), losses))
-    (objective / batch_size).backward()
+    learner.backward(objective / batch_size)
     return [(final, run.query_outputs[i], chunk[i][1]) for i, final in kept], 0
 
 

@@ -37,7 +37,7 @@ def accumulate_warp_meta_gradient(learner: MetaLearner, episodes: List[Episode])
             fmodel, _, _ = learner.inner_loop(episode, cfg.inner_steps, mode, task, per_step_query=False, record=record)
             output = learner.forward(fmodel, episode.query_x, task, "query")
             loss = learner.checked(learner.loss(output, episode.query_y, task, "query"), task, "query", cfg.inner_steps)
-            (loss / len(episodes)).backward(inputs=init_params)
+            learner.backward(loss / len(episodes), inputs=init_params)
             total_loss += loss.item()
             if not episode.query_y.is_floating_point():
                 correct += int((output.argmax(-1) == episode.query_y).sum())
@@ -49,6 +49,6 @@ def accumulate_warp_meta_gradient(learner: MetaLearner, episodes: List[Episode])
         total_loss = sum(run.query_loss for run in runs)
         scored = [run.query_accuracy for run in runs if run.query_accuracy is not None]
         accuracy = sum(scored) / len(scored) if scored else None
-    warp_loss = warp.accumulate_warp_gradient(warp_params)
+    warp_loss = warp.accumulate_warp_gradient(warp_params, learner.backward)
     return MetaTrainResult(loss=total_loss / len(episodes), accuracy=accuracy, grad_norm=float("nan"),
                            tasks=len(episodes), warp_loss=warp_loss)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .. import checks
 from ..config_keys import from_mapping
+from ..engines.precision import PRECISIONS
 from ..losses import LOSSES
 from ..optim.rules.lstm_variants import LSTM_VARIANTS
 from ..optim.rules.preprocess import RULE_INITS
@@ -54,6 +55,10 @@ class MetaOptimizerConfig:
         ``meta_loss``'s set.
     warp_init: ``warp_grad``: ``none`` (warps only) or ``leap`` (Warp-Leap: the adapted
         layers' initialisation also moves, by the simplified Leap gradient, Adam at meta_lr).
+    precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA): the base model's forward passes in
+        ``meta_train_step`` under autocast; the rule, its state and the meta-gradient stay
+        float32 (see :mod:`fewshot_metaopt.engines.precision`). In a learner's inner loop the
+        learner's own ``precision`` applies.
     """
 
     method: str = "meta_sgd"
@@ -75,6 +80,7 @@ class MetaOptimizerConfig:
     warp_buffer_size: int = 100
     warp_points: int = 16
     warp_init: str = "none"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         checks.choose("method", self.method, RULES.names())
@@ -83,6 +89,7 @@ class MetaOptimizerConfig:
         checks.choose("loss", self.loss, LOSSES)
         checks.choose("rule_init", self.rule_init, RULE_INITS)
         checks.choose("warp_init", self.warp_init, WARP_INIT_OBJECTIVES)
+        checks.choose("precision", self.precision, PRECISIONS.names())
         if not self.coordinatewise:
             raise ValueError("coordinatewise=False: every learned optimizer here is coordinatewise")
         if not self.preconditioning and self.method != "meta_sgd":

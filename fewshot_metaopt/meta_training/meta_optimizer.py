@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from ..episodes.episode import Episode
+from ..episodes.episode import Episode, episodes_to
 from ..optim.learned_lr import learned_lr_of
 from ..optim.rules.base import Params, UpdateRule, step_rule
 from ..warp.warp_grad import require_warped
@@ -68,7 +68,10 @@ class MetaOptimizer(UpdateRule):
         if not params:
             raise ValueError("the base model has no parameters to optimise")
         self.shapes = {name: p.shape for name, p in params.items()}
-        self.rule = build_rule(config, base_model, next(iter(params.values())).dtype)
+        first = next(iter(params.values()))
+        # The rule steps the model's tensors, so it lives where they do; the optimizer is
+        # built after the move so that it holds the moved parameters.
+        self.rule = build_rule(config, base_model, first.dtype).to(device=first.device, dtype=first.dtype)
         self.meta_optimizer = torch.optim.Adam(self.rule.parameters(), lr=config.meta_lr)
         self.state: OptimizerState | None = None
         # The trainers are plain objects, so the base model they hold stays out of this
@@ -165,7 +168,7 @@ class MetaOptimizer(UpdateRule):
             raise ValueError("meta_train_step needs at least one episode, got none")
         model = self.base_model if base_model is None else base_model
         device = next(model.parameters()).device
-        episodes = [ep.to(device) for ep in episodes]
+        episodes = episodes_to(episodes, device)
         if self.warp_trainer is not None:
             if model is not self.base_model:
                 raise ValueError("method 'warp_grad' trains the warp layers of the base model it was built with; "

@@ -9,6 +9,7 @@ from typing import Dict, List
 import torch
 
 from ..episodes.episode import Episode
+from ..engines.precision import lower_scale_after_overflow, resolve_precision
 from ..optim.outer_step import clipped_step
 from ..optim.rules.base import UpdateRule
 from ..warp.effective_lr import warp_effective_lr
@@ -27,8 +28,11 @@ class WarpRuleTrainer:
                  config: MetaOptimizerConfig) -> None:
         self.model, self.rule, self.optimizer, self.config = model, rule, optimizer, config
         eval_batch = "query" if config.meta_loss == "query" else "support"
+        device = next(model.parameters()).device
+        self.precision = resolve_precision(config.precision, device)
+        self.scaler = self.precision.scaler(device)
         self.warp = WarpGradTrainer(model, rule, config.warp_buffer_size, config.warp_points, config.loss,
-                                    "support", eval_batch)
+                                    "support", eval_batch, precision=self.precision)
         params = dict(model.named_parameters())
         self.init_optimizer = torch.optim.Adam([params[n] for n in model.adapted_parameter_names()],
                                                lr=config.meta_lr)
@@ -36,12 +40,22 @@ class WarpRuleTrainer:
 
     def train_step(self, episodes: List[Episode]) -> MetaOptTrainResult:
         cfg = self.config
-        runs = [self.warp.run_task(ep, cfg.inner_steps, task) for task, ep in enumerate(episodes)]
-        self.optimizer.zero_grad(set_to_none=True)
-        meta_loss = self.warp.accumulate_warp_gradient(list(self.rule.parameters()))
+        while True:
+            if self.scaler is not None:
+                self.warp.loss_scale = float(self.scaler.get_scale())
+            self.optimizer.zero_grad(set_to_none=True)
+            try:
+                runs = [self.warp.run_task(ep, cfg.inner_steps, task) for task, ep in enumerate(episodes)]
+                meta_loss = self.warp.accumulate_warp_gradient(list(self.rule.parameters()), self._backward)
+                break
+            except FloatingPointError:
+                # fp16: an inner gradient may have overflowed at this loss scale; try a lower one.
+                if not lower_scale_after_overflow(self.scaler):
+                    raise
         grad_norm = clipped_step(
             self.optimizer, self.rule.parameters(), cfg.gradient_clipping,
             lambda norm: FloatingPointError(f"warp meta-gradient norm is {norm}; nothing was updated (lower meta_lr)"),
+            self.scaler,
         )
         if cfg.warp_init == "leap":
             accumulate_leap_gradient(self.model, [run.trajectory for run in runs])
@@ -52,3 +66,6 @@ class WarpRuleTrainer:
             meta_loss=meta_loss, final_loss=sum(r.query_loss for r in runs) / len(runs),
             grad_norm=grad_norm, windows=1, inner_steps=cfg.inner_steps,
         )
+
+    def _backward(self, objective: torch.Tensor, inputs: List[torch.Tensor]) -> None:
+        (objective if self.scaler is None else self.scaler.scale(objective)).backward(inputs=inputs)

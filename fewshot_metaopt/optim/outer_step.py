@@ -21,11 +21,23 @@ def clipped_step(
     parameters: Iterable[Tensor],
     max_norm: Optional[float],
     refuse: Callable[[float], Exception],
+    scaler: "torch.amp.GradScaler | None" = None,
 ) -> float:
     """Clip the global norm of ``parameters``' gradients to ``max_norm`` (``None`` or 0: no
     clipping) and step ``optimizer``; returns the norm before clipping. A non-finite norm
-    clears the gradients, steps nothing and raises ``refuse(norm)``."""
+    clears the gradients, steps nothing and raises ``refuse(norm)``.
+
+    With a ``scaler`` (fp16) the gradients were scaled: they are unscaled before clipping, and a
+    non-finite norm means the scale overflowed, not that training diverged: the scaler skips
+    that step and lowers its scale, as mixed-precision training does.
+    """
     clip = max_norm if max_norm else math.inf
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+        norm = float(torch.nn.utils.clip_grad_norm_(list(parameters), clip))
+        scaler.step(optimizer)
+        scaler.update()
+        return norm
     norm = float(torch.nn.utils.clip_grad_norm_(list(parameters), clip))
     if not math.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)

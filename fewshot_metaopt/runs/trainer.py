@@ -126,6 +126,8 @@ class Trainer:
             for path in (run.best_checkpoint, checkpoint_pair.pending_best(run)):
                 path.unlink(missing_ok=True)
             return
+        # Weights go straight to the run's device; the generators take their states back to
+        # the CPU themselves (the sampler's, the replay buffer's, rng_state).
         state = load_checkpoint(run.last_checkpoint, map_location=self.device)
         if not same_task(state["task"], self.task.to_dict()):
             raise RunError(f"{run.config} no longer matches the run's checkpoint {run.last_checkpoint}; "

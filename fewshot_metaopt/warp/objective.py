@@ -20,7 +20,7 @@ the initialisation moves along the trajectories it starts, each segment normalis
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence
+from typing import Callable, Dict, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -40,16 +40,21 @@ def _batch(point: TrajectoryPoint, which: str) -> tuple[Tensor, Tensor]:
 
 
 def warp_step_loss(model: nn.Module, rule: UpdateRule, point: TrajectoryPoint, loss: str = "auto",
-                   step_batch: str = "support", eval_batch: str = "query") -> Tensor:
+                   step_batch: str = "support", eval_batch: str = "query",
+                   call: Callable[[dict, Tensor], Tensor] | None = None, scale: float = 1.0) -> Tensor:
     """``L(theta', omega; B2)`` for one stored point, differentiable into the model's other
-    parameters (the warps) and the rule's meta-parameters."""
+    parameters (the warps) and the rule's meta-parameters. ``call(params, x)`` runs the model
+    (default: ``functional_call``; a mixed-precision one from the trainer), and ``scale`` is
+    the fp16 loss scale of the inner step (see ``engines.precision``)."""
+    if call is None:
+        call = lambda params, x: functional_call(model, params, (x,))  # noqa: E731
     theta = {n: p.detach().requires_grad_() for n, p in point.params.items()}
     fixed = {n: p for n, p in model.named_parameters() if n not in theta}
     x1, y1 = _batch(point, step_batch)
-    inner = task_loss(functional_call(model, {**fixed, **theta}, (x1,)), y1, loss, "warp objective: step batch")
-    stepped, _ = step_on_loss(rule, theta, inner, point.rule_state, point.step, create_graph=True)
+    inner = task_loss(call({**fixed, **theta}, x1), y1, loss, "warp objective: step batch")
+    stepped, _ = step_on_loss(rule, theta, inner, point.rule_state, point.step, create_graph=True, scale=scale)
     x2, y2 = _batch(point, eval_batch)
-    return task_loss(functional_call(model, {**fixed, **stepped}, (x2,)), y2, loss, "warp objective: eval batch")
+    return task_loss(call({**fixed, **stepped}, x2), y2, loss, "warp objective: eval batch")
 
 
 def warp_meta_loss(model: nn.Module, rule: UpdateRule, points: Sequence[TrajectoryPoint], **kwargs) -> Tensor:

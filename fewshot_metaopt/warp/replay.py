@@ -74,7 +74,9 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         if int(state["size"]) != self.size:
             raise ValueError(f"replay buffer state holds size {state['size']}, this buffer has size {self.size}")
-        self.generator.set_state(state["generator"])
+        # A checkpoint loaded with map_location="cuda" brings the state on the GPU; a
+        # generator takes it from a CPU ByteTensor only.
+        self.generator.set_state(state["generator"].cpu())
         self._points.clear()
         for p in state["points"]:
             self._points.append(TrajectoryPoint(dict(p["params"]), p["rule_state"], int(p["step"]), Episode(**p["episode"])))

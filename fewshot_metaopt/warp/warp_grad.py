@@ -16,13 +16,14 @@ steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..engines.loss_step import step_on_loss
+from ..engines.precision import FP32, Precision
 from ..episodes.episode import Episode
 from ..losses import task_loss
 from ..optim.rules.base import Params, UpdateRule
@@ -85,7 +86,8 @@ class WarpGradTrainer:
     """
 
     def __init__(self, model: WarpedModel, rule: UpdateRule, buffer_size: int = 100, points: int = 16,
-                 loss: str = "auto", step_batch: str = "support", eval_batch: str = "query", seed: int = 0) -> None:
+                 loss: str = "auto", step_batch: str = "support", eval_batch: str = "query", seed: int = 0,
+                 precision: Precision = FP32) -> None:
         self.model = require_warped(model, "WarpGradTrainer")
         if points < 1:
             raise ValueError(f"points per warp update must be >= 1, got {points}")
@@ -96,6 +98,11 @@ class WarpGradTrainer:
         self.step_batch, self.eval_batch = step_batch, eval_batch
         self.buffer = ReplayBuffer(buffer_size, seed)
         self.adapted = model.adapted_parameter_names()
+        self.precision = precision
+        self.call = precision.wrap(lambda params, x: functional_call(model, params, (x,)),
+                                   next(model.parameters()).device)
+        # fp16: the current scale of the outer loss, applied to every inner loss too (see engines.precision).
+        self.loss_scale = 1.0
 
     def run_task(self, episode: Episode, steps: int, task: int = 0, record: bool = True) -> TaskRun:
         """``steps`` inner steps from the model's initialisation, no graph kept; every point
@@ -110,16 +117,15 @@ class WarpGradTrainer:
                 self.buffer.add(TrajectoryPoint(params, detached_tree(state), step, episode))
             live = {n: p.requires_grad_() for n, p in ((n, p.detach()) for n, p in params.items())}
             where = f"task {task}: support at inner step {step}"
-            loss = task_loss(functional_call(model, {**fixed, **live}, (episode.support_x,)), episode.support_y,
-                             self.loss, where)
+            loss = task_loss(self.call({**fixed, **live}, episode.support_x), episode.support_y, self.loss, where)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{where}: loss is {loss.item()}; lower the inner lr")
             with torch.no_grad():
-                params, state = step_on_loss(self.rule, live, loss, state, step)
+                params, state = step_on_loss(self.rule, live, loss, state, step, scale=self.loss_scale)
             params = {n: p.detach() for n, p in params.items()}
             trajectory.append(params)
         with torch.no_grad():
-            out = functional_call(model, {**fixed, **params}, (episode.query_x,))
+            out = self.call({**fixed, **params}, episode.query_x)
             query_loss = float(task_loss(out, episode.query_y, self.loss, f"task {task}: query"))
             accuracy = None
             if not episode.query_y.is_floating_point():
@@ -142,14 +148,20 @@ class WarpGradTrainer:
             rule_state = self.rule.init(adapted)
         self.buffer.add(TrajectoryPoint(adapted, detached_tree(rule_state), step, episode))
 
-    def accumulate_warp_gradient(self, inputs: List[Tensor], scale: float = 1.0) -> float:
-        """Add ``scale * d J / d inputs`` to the inputs' ``.grad`` (``inputs``: the warp
-        parameters, plus whatever else should learn from the warp objective); returns ``J``."""
+    def accumulate_warp_gradient(self, inputs: List[Tensor],
+                                 backward: Callable[[Tensor, List[Tensor]], None] | None = None) -> float:
+        """Add ``d J / d inputs`` to the inputs' ``.grad`` (``inputs``: the warp parameters, plus
+        whatever else should learn from the warp objective), through ``backward(J, inputs)``
+        when given (a learner's, which scales it under fp16); returns ``J``."""
         if not inputs:
             raise ValueError("the warp update has no parameters to train")
         objective = warp_meta_loss(self.model, self.rule, self.buffer.sample(self.points), loss=self.loss,
-                                   step_batch=self.step_batch, eval_batch=self.eval_batch)
+                                   step_batch=self.step_batch, eval_batch=self.eval_batch, call=self.call,
+                                   scale=self.loss_scale)
         if not torch.isfinite(objective):
             raise FloatingPointError(f"the warp objective is {objective.item()}; lower the inner lr or the meta lr")
-        (objective * scale).backward(inputs=inputs)
+        if backward is None:
+            objective.backward(inputs=inputs)
+        else:
+            backward(objective, inputs)
         return float(objective.detach())
