@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
+from ..distributed import init_from_environment, launched_by_torchrun
 from ..runs.errors import RunError
 from ..runs.run_dir import RunDir
 from ..runs.task_config import TaskConfig, load_task
 from ..runs.trainer import Trainer
-from .parsing import add_data_root, add_machine_options
+from .parsing import add_data_root, add_machine_options, positive_int
 
 DESCRIPTION = """\
 Meta-train the task in TASKFILE (with no TASKFILE: the embedded Glyphs quick start, a few
@@ -36,6 +42,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue the run in RUN_DIR from its latest checkpoint, with the settings it "
                              "started with (bit-identical to an uninterrupted run)")
+    parser.add_argument("--nproc", type=positive_int, default=None, metavar="N",
+                        help="train with N processes on this machine (torchrun --standalone --nproc-per-node N); "
+                             "the meta-batch is shared among them (see docs/distributed.md)")
     add_data_root(parser)
     add_machine_options(parser)
     parser.set_defaults(run=run)
@@ -69,14 +78,25 @@ def describe(task: TaskConfig, trainer: Trainer, run: RunDir, echo: Callable[[st
 
 
 def run(args: argparse.Namespace, command: Sequence[str], echo: Callable[[str], None] = print) -> int:
+    if args.nproc is not None:
+        return launch(args.nproc, command)
+    group = init_from_environment(torch.device(args.device)) if launched_by_torchrun() else None
+    writes = group is None or group.rank == 0
+    echo = echo if writes else (lambda line: None)
+    restarted = group is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if restarted and args.resume is None and args.out and RunDir(args.out).config.is_file():
+        # torchrun --max-restarts started the group again after a process died: carry on.
+        args.resume, args.task, args.overrides, args.out = args.out, None, [], None
     if args.resume is not None:
         if args.task or args.overrides or args.out:
             raise RunError("--resume continues RUN_DIR with the settings it started with; give it no TASKFILE, --set or --out")
-        run_dir = RunDir.open(args.resume).lock()
+        run_dir = RunDir.open(args.resume)
+        if writes:
+            run_dir.lock()
     else:
         task = load_task(args.task, args.overrides, args.data_root)
-        trainer = Trainer(task, args.device)
-        run_dir = RunDir.create(args.out or default_out(task), task, command)
+        trainer = Trainer(task, args.device, group=group)
+        run_dir = _created(task, args.out, command, group)
     try:
         if args.resume is not None:
             if run_dir.results.is_file():
@@ -85,13 +105,41 @@ def run(args: argparse.Namespace, command: Sequence[str], echo: Callable[[str], 
                      f"± {result['ci95']:.4f} (95% CI, {result['episodes']} episodes); see {run_dir.results}")
                 return 0
             task = run_dir.task(args.data_root)
-            trainer = Trainer(task, args.device)
+            trainer = Trainer(task, args.device, group=group)
             trainer.resume(run_dir)
-            run_dir.record_resume(command)
+            if writes:
+                run_dir.record_resume(command)
             echo(f"resuming at iteration {trainer.progress.iteration}")
         return _train(task, trainer, run_dir, echo)
     finally:
         run_dir.release()
+
+
+def _created(task: TaskConfig, out: str | None, command: Sequence[str], group) -> RunDir:
+    """The new run directory: made by rank 0, its path (or the reason it could not be made)
+    passed to the other ranks, so that none waits on a rank that failed."""
+    if group is None:
+        return RunDir.create(out or default_out(task), task, command)
+    made, failure = None, None
+    if group.rank == 0:
+        try:
+            made = RunDir.create(out or default_out(task), task, command)
+        except RunError as err:
+            failure = str(err)
+    path, failure = group.broadcast((None if made is None else str(made.path), failure))
+    if failure is not None:
+        raise RunError(failure)
+    return made or RunDir(path)
+
+
+def launch(nproc: int, command: Sequence[str]) -> int:
+    """``command`` without ``--nproc`` under ``torchrun --standalone --nproc-per-node nproc``."""
+    argv = list(command[1:])
+    at = next(i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc="))
+    del argv[at:at + (1 if "=" in argv[at] else 2)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                "-m", "fewshot_metaopt.cli", *argv]
+    return subprocess.call(launcher)
 
 
 def _train(task: TaskConfig, trainer: Trainer, run_dir: RunDir, echo: Callable[[str], None]) -> int:
@@ -109,6 +157,8 @@ def _train(task: TaskConfig, trainer: Trainer, run_dir: RunDir, echo: Callable[[
     echo(f"test {result}")
     echo(f"results: {run_dir.results}; learning curves: {run_dir.plots / 'learning_curves.png'}")
     health = trainer.health
+    if health is None:  # a rank other than 0: rank 0 judges and reports the run
+        return 0
     for finding in health.findings:
         echo(f"warning: {finding}")
     if health.diverged:

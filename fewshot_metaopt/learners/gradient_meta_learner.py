@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..distributed import MetaBatchGroup
 from ..engines.choice import ENGINES
 from ..engines.func_engine import FuncEngine
 from ..engines.precision import lower_scale_after_overflow, resolve_precision
@@ -110,6 +111,7 @@ class GradientMetaLearner:
         self.meta_optimizer: torch.optim.Optimizer = OUTER_OPTIMIZERS[config.meta_optimizer](meta_params,
                                                                                            lr=config.meta_lr)
         self.iteration = 0
+        self.group: MetaBatchGroup | None = None
         self.warp = None
         if warped:
             self.warp = WarpGradTrainer(model, self.rule, config.warp_buffer_size, config.warp_points, config.loss,
@@ -231,18 +233,36 @@ class GradientMetaLearner:
         return strategy_for(self.config)(self, episodes_to(episodes, self.device))
 
     def meta_train_step(self, episodes: Iterable[Episode]) -> MetaTrainResult:
-        """One outer update from a meta-batch of episodes."""
+        """One outer update from a meta-batch of episodes. Distributed (:meth:`distribute`),
+        every rank passes the same whole meta-batch and adapts its share of it."""
         self.meta_optimizer.zero_grad(set_to_none=True)
         episodes = list(episodes)
+        total = len(episodes)
+        if self.group is not None:
+            episodes = self.group.share(episodes, "meta-batch")
+        failure: FloatingPointError | None = None
         try:
             result = self.accumulate_meta_gradient(episodes)
-        except NonFiniteLossError:
-            if not lower_scale_after_overflow(self.scaler):
+        except FloatingPointError as err:
+            # Under fp16 a non-finite loss may be an overflow of the loss scale; distributed, every
+            # rank must learn of a failure on any of them, or the others wait for it.
+            if self.group is None and not (isinstance(err, NonFiniteLossError) and self._scale_may_overflow()):
                 raise
+            failure = err
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            result = MetaTrainResult(loss=math.nan, accuracy=None, grad_norm=math.nan, tasks=0,
+                                     skipped_tasks=len(episodes))
+        overflow = failure is not None and isinstance(failure, NonFiniteLossError) and self._scale_may_overflow()
+        if self.group is not None:
+            result, failed_anywhere, overflow = self._reduce(result, failure is not None and not overflow, overflow)
+            if failed_anywhere:
+                raise failure or FloatingPointError(
+                    f"another process's share of the meta-batch failed at iteration {self.iteration}; see its error")
+        if overflow:
+            lower_scale_after_overflow(self.scaler)
             self.meta_optimizer.zero_grad(set_to_none=True)
             self.iteration += 1
-            return MetaTrainResult(loss=math.nan, accuracy=None, grad_norm=math.nan, tasks=0,
-                                   skipped_tasks=len(episodes))
+            return MetaTrainResult(loss=math.nan, accuracy=None, grad_norm=math.nan, tasks=0, skipped_tasks=total)
         result.grad_norm = clipped_step(
             self.meta_optimizer, self.meta_parameters, self.config.meta_grad_clip,
             lambda norm: FloatingPointError(f"meta-gradient norm is {norm} at iteration {self.iteration}; nothing was "
@@ -252,24 +272,55 @@ class GradientMetaLearner:
         self.iteration += 1
         return result
 
+    def _scale_may_overflow(self) -> bool:
+        return self.scaler is not None and self.scaler.get_scale() > 1.0
+
+    def distribute(self, group: MetaBatchGroup | None) -> "GradientMetaLearner":
+        """Share meta-batches and evaluations over ``group`` (``None``: run alone again); see
+        :mod:`fewshot_metaopt.distributed`. Every rank must start from the same weights (build
+        the model from the same seed, or load the same checkpoint)."""
+        self.group = group
+        return self
+
+    def _reduce(self, result: MetaTrainResult, failed: bool, overflow: bool) -> tuple[MetaTrainResult, bool, bool]:
+        """The step's meta-gradient and figures over every rank; whether any rank failed or
+        overflowed."""
+        kept = result.tasks
+        scored = kept if result.accuracy is not None else 0
+        sums = [result.loss * kept if kept else 0.0, (result.accuracy or 0.0) * scored, scored,
+                result.skipped_tasks, float(failed), float(overflow), (result.warp_loss or 0.0) * kept]
+        kept, (loss, correct, scored, skipped, failures, overflows, warp) = self.group.reduce_mean_gradient(
+            self.meta_parameters, kept, sums)
+        reduced = MetaTrainResult(
+            loss=loss / kept if kept else math.nan, accuracy=correct / scored if scored else None,
+            grad_norm=math.nan, tasks=kept, skipped_tasks=int(round(skipped)),
+            warp_loss=warp / kept if result.warp_loss is not None and kept else None,
+        )
+        return reduced, failures > 0, overflows > 0 and failures == 0
+
     def evaluate(self, episodes: Iterable[Episode], steps: int | None = None) -> EvaluationResult:
-        """Adapt to each episode and score its query set: accuracy, or MSE for regression."""
-        values, losses, metric = [], [], "accuracy"
-        for task, episode in enumerate(episodes):
-            fmodel = self.adapt(episode, steps)
-            episode = episode.to(self.device)
-            with torch.no_grad():
-                output = self.forward(fmodel, episode.query_x, task, "query")
-                loss = float(self.loss(output, episode.query_y, task, "query"))
-            losses.append(loss)
-            if episode.query_y.is_floating_point():
-                metric = "mse"
-                values.append(loss)
-            else:
-                values.append(float((output.argmax(-1) == episode.query_y).float().mean()))
-        if not values:
+        """Adapt to each episode and score its query set: accuracy, or MSE for regression.
+        Distributed, the ranks score every ``world_size``-th episode each and gather the scores."""
+        if self.group is None:  # lazily: a progress bar around ``episodes`` then advances as they are scored
+            scores = [self._score(task, episode, steps) for task, episode in enumerate(episodes)]
+        else:
+            episodes = list(episodes)
+            mine = [self._score(task, episode, steps) for task, episode in enumerate(self.group.strided(episodes))]
+            scores = self.group.gather(mine, len(episodes))
+        if not scores:
             raise ValueError("evaluate needs at least one episode, got none")
-        return EvaluationResult(metric=metric, values=values, losses=losses)
+        metric = "mse" if any(kind == "mse" for kind, _, _ in scores) else "accuracy"
+        return EvaluationResult(metric=metric, values=[v for _, v, _ in scores], losses=[l for _, _, l in scores])
+
+    def _score(self, task: int, episode: Episode, steps: int | None) -> tuple[str, float, float]:
+        fmodel = self.adapt(episode, steps)
+        episode = episode.to(self.device)
+        with torch.no_grad():
+            output = self.forward(fmodel, episode.query_x, task, "query")
+            loss = float(self.loss(output, episode.query_y, task, "query"))
+        if episode.query_y.is_floating_point():
+            return "mse", loss, loss
+        return "accuracy", float((output.argmax(-1) == episode.query_y).float().mean()), loss
 
     # ----------------------------------------------------------------------------- inspection
 

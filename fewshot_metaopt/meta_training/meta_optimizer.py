@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..episodes.episode import Episode, episodes_to
 from ..optim.learned_lr import learned_lr_of
 from ..optim.rules.base import Params, UpdateRule, step_rule
+from ..distributed import MetaBatchGroup
 from ..warp.warp_grad import require_warped
 from .config import MetaOptimizerConfig
 from .results import MetaOptTrainResult
@@ -169,9 +170,20 @@ class MetaOptimizer(UpdateRule):
         model = self.base_model if base_model is None else base_model
         device = next(model.parameters()).device
         episodes = episodes_to(episodes, device)
+        group = self.tbptt.group
+        if group is not None:
+            episodes = group.share(episodes, "meta-batch")
         if self.warp_trainer is not None:
             if model is not self.base_model:
                 raise ValueError("method 'warp_grad' trains the warp layers of the base model it was built with; "
                                  "pass that model or none")
             return self.warp_trainer.train_step(episodes)
         return self.tbptt.train_step(model, episodes)
+
+    def distribute(self, group: "MetaBatchGroup | None") -> "MetaOptimizer":
+        """Share each ``meta_train_step``'s episodes over ``group`` and average the rule's
+        meta-gradients across it (see :mod:`fewshot_metaopt.distributed`)."""
+        self.tbptt.group = group
+        if self.warp_trainer is not None:
+            self.warp_trainer.group = group
+        return self

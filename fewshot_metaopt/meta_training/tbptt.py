@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..distributed import MetaBatchGroup
 from ..engines.loss_step import step_on_loss
 from ..engines.precision import lower_scale_after_overflow, resolve_precision
 from ..episodes.episode import Episode
@@ -42,6 +43,7 @@ class TruncatedBPTT:
     def __init__(self, rule: UpdateRule, optimizer: torch.optim.Optimizer, config: MetaOptimizerConfig,
                  model: nn.Module) -> None:
         self.rule, self.optimizer, self.config, self.model = rule, optimizer, config, model
+        self.group: MetaBatchGroup | None = None
         device = next(model.parameters()).device
         self.precision = resolve_precision(config.precision, device)
         self.scaler = self.precision.scaler(device)
@@ -68,6 +70,9 @@ class TruncatedBPTT:
                     raise
                 continue
             runs = after
+            if self.group is not None:
+                _, (total,) = self.group.reduce_mean_gradient(self.rule.parameters(), len(episodes), [total])
+                total /= self.group.world_size
             grad_norm = clipped_step(
                 self.optimizer, self.rule.parameters(), cfg.gradient_clipping,
                 lambda norm, done=done: FloatingPointError(

@@ -9,6 +9,7 @@ from typing import Dict, List
 import torch
 
 from ..episodes.episode import Episode
+from ..distributed import MetaBatchGroup
 from ..engines.precision import lower_scale_after_overflow, resolve_precision
 from ..optim.outer_step import clipped_step
 from ..optim.rules.base import UpdateRule
@@ -37,6 +38,7 @@ class WarpRuleTrainer:
         self.init_optimizer = torch.optim.Adam([params[n] for n in model.adapted_parameter_names()],
                                                lr=config.meta_lr)
         self.effective_lr: Dict[str, float] = {}
+        self.group: MetaBatchGroup | None = None
 
     def train_step(self, episodes: List[Episode]) -> MetaOptTrainResult:
         cfg = self.config
@@ -52,6 +54,11 @@ class WarpRuleTrainer:
                 # fp16: an inner gradient may have overflowed at this loss scale; try a lower one.
                 if not lower_scale_after_overflow(self.scaler):
                     raise
+        if self.group is not None:
+            # Each rank's replay buffer holds its own trajectories; the warp gradients of all
+            # ranks' sampled points are averaged.
+            _, (meta_loss,) = self.group.reduce_mean_gradient(self.rule.parameters(), 1, [meta_loss])
+            meta_loss /= self.group.world_size
         grad_norm = clipped_step(
             self.optimizer, self.rule.parameters(), cfg.gradient_clipping,
             lambda norm: FloatingPointError(f"warp meta-gradient norm is {norm}; nothing was updated (lower meta_lr)"),
@@ -59,6 +66,8 @@ class WarpRuleTrainer:
         )
         if cfg.warp_init == "leap":
             accumulate_leap_gradient(self.model, [run.trajectory for run in runs])
+            if self.group is not None:
+                self.group.reduce_mean_gradient(self.init_optimizer.param_groups[0]["params"], len(runs))
             self.init_optimizer.step()
             self.init_optimizer.zero_grad(set_to_none=True)
         self.effective_lr = warp_effective_lr(self.model, episodes[0], cfg.inner_lr, cfg.loss)

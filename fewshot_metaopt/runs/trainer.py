@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic_files import remove_leftovers
+from ..distributed import MetaBatchGroup
 from ..learners import EvaluationResult
 from . import checkpoint_pair, rng_state
 from .checkpoint import applied, load_checkpoint
@@ -86,14 +87,19 @@ class Trainer:
     """Everything a run needs, built from ``task`` before anything is written to disk, so
     that bad data or settings fail without leaving a half-made run directory behind."""
 
-    def __init__(self, task: TaskConfig, device: str = "cpu", echo: Callable[[str], None] = tqdm.write) -> None:
-        self.task, self.device, self.echo = task, device, echo
+    def __init__(self, task: TaskConfig, device: str = "cpu", echo: Callable[[str], None] = tqdm.write,
+                 group: MetaBatchGroup | None = None) -> None:
+        # Distributed, every rank trains and evaluates its share; rank 0 alone writes the run.
+        self.group = group
+        self.writes = group is None or group.rank == 0
+        self.task, self.device = task, device
+        self.echo = echo if self.writes else (lambda line: None)
         self.sources = {role: open_split(task.data, role) for role in ROLES}
         self.sampler = train_sampler(task, self.sources["train"])
         self.val = manifest(task, self.sources["val"], "val", task.validation.episodes)
         self.test = manifest(task, self.sources["test"], "test", task.evaluation.episodes)
         rng_state.seed_everything(task.seed)
-        self.learner = build_learner(task, device)
+        self.learner = build_learner(task, device).distribute(group)
         self.scheduler = build_scheduler(task, self.learner)
         self.progress = Progress()
         self.health: Health | None = None
@@ -112,19 +118,23 @@ class Trainer:
             "package_version": package_version(),
         }
 
-    def _checkpoint(self, run: RunDir, log: MetricsLog, started: float, best: bool) -> None:
+    def _checkpoint(self, run: RunDir, log: MetricsLog | None, started: float, best: bool) -> None:
         self.progress.elapsed_s = time.monotonic() - started
-        self.progress.metrics_bytes = log.sync()
-        checkpoint_pair.save(run, self._payload(), best)
+        if log is not None:
+            self.progress.metrics_bytes = log.sync()
+            checkpoint_pair.save(run, self._payload(), best)
 
     def resume(self, run: RunDir) -> None:
-        """Continue from ``run``'s latest checkpoint (from the start if it has none yet)."""
-        for folder in (run.path, run.checkpoints, run.plots):
-            remove_leftovers(folder)
+        """Continue from ``run``'s latest checkpoint (from the start if it has none yet).
+        Distributed, every rank loads it and rank 0 alone repairs the run directory."""
+        if self.writes:
+            for folder in (run.path, run.checkpoints, run.plots):
+                remove_leftovers(folder)
         if not run.last_checkpoint.is_file():
-            MetricsLog.cut_back(run.metrics, 0)
-            for path in (run.best_checkpoint, checkpoint_pair.pending_best(run)):
-                path.unlink(missing_ok=True)
+            if self.writes:
+                MetricsLog.cut_back(run.metrics, 0)
+                for path in (run.best_checkpoint, checkpoint_pair.pending_best(run)):
+                    path.unlink(missing_ok=True)
             return
         # Weights go straight to the run's device; the generators take their states back to
         # the CPU themselves (the sampler's, the replay buffer's, rng_state).
@@ -132,7 +142,8 @@ class Trainer:
         if not same_task(state["task"], self.task.to_dict()):
             raise RunError(f"{run.config} no longer matches the run's checkpoint {run.last_checkpoint}; "
                            "a run resumes with the settings it started with")
-        checkpoint_pair.settle(run, state)
+        if self.writes:
+            checkpoint_pair.settle(run, state)
         with applied(run.last_checkpoint):
             self.learner.load_state_dict(state["learner"])
             if self.scheduler is not None:
@@ -140,7 +151,8 @@ class Trainer:
             self.sampler.load_state_dict(state["samplers"]["train"])
             rng_state.restore(state["rng"])
             self.progress = Progress.from_dict(state["progress"])
-        MetricsLog.cut_back(run.metrics, self.progress.metrics_bytes)
+        if self.writes:
+            MetricsLog.cut_back(run.metrics, self.progress.metrics_bytes)
 
     # ------------------------------------------------------------------------ the loop
 
@@ -148,9 +160,13 @@ class Trainer:
         t = self.task.train
         if t.iterations is not None and self.progress.iteration >= t.iterations:
             return True
-        return t.minutes is not None and time.monotonic() - started >= 60 * t.minutes
+        if t.minutes is None:
+            return False
+        spent = time.monotonic() - started >= 60 * t.minutes
+        # Clocks differ between ranks; all stop at the iteration rank 0's clock says.
+        return spent if self.group is None else self.group.broadcast(spent)
 
-    def _log(self, run: RunDir, log: MetricsLog, started: float, validate: bool) -> None:
+    def _log(self, run: RunDir, log: MetricsLog | None, started: float, validate: bool) -> None:
         p = self.progress
         line = {"iteration": p.iteration, **p.window.flush(),
                 "meta_lr": self.learner.meta_optimizer.param_groups[0]["lr"]}
@@ -166,15 +182,17 @@ class Trainer:
             line.update(val_metric=score.metric, val_mean=score.mean, val_ci95=score.ci95, best=improved)
             self.echo(f"iteration {p.iteration}: validation {score}{' (best so far)' if improved else ''}")
         line["wall_s"] = round(time.monotonic() - started, 3)
-        log.append(line)
+        if log is not None:
+            log.append(line)
         if improved:
             self._checkpoint(run, log, started, best=True)
 
     def train(self, run: RunDir) -> None:
         t, p = self.task.train, self.progress
-        log = MetricsLog(run.metrics)
+        log = MetricsLog(run.metrics) if self.writes else None
         started = time.monotonic() - p.elapsed_s
-        bar = tqdm(total=t.iterations, initial=p.iteration, desc="meta-train", unit="it", mininterval=1.0)
+        bar = tqdm(total=t.iterations, initial=p.iteration, desc="meta-train", unit="it", mininterval=1.0,
+                   disable=not self.writes)
         try:
             done = self._spent(started)
             while not done:
@@ -197,17 +215,23 @@ class Trainer:
                 bar.set_postfix(postfix, refresh=False)
         finally:
             bar.close()
-            log.close()
+            if log is not None:
+                log.close()
 
     # ------------------------------------------------------------------------ the end
 
     def finish(self, run: RunDir) -> EvaluationResult:
         """Test the checkpoint that stands for the run; write results.json and the curves."""
+        if self.group is not None:
+            self.group.barrier()  # rank 0's last checkpoint is on disk before anyone reads it
         path = checkpoint_pair.checkpoint_for_use(run)
         state = load_checkpoint(path, map_location=self.device)
         with applied(path):
             self.learner.load_state_dict(state["learner"])
-        result = self.learner.evaluate(tqdm(self.test, desc="test", leave=False, unit="episode", mininterval=1.0))
+        result = self.learner.evaluate(tqdm(self.test, desc="test", leave=False, unit="episode", mininterval=1.0,
+                                            disable=not self.writes))
+        if not self.writes:
+            return result
         info = run.read_info()
         p = self.progress
         self.health = diagnose(read_metrics(run.metrics), self.task.ways, self.task.regression, result.mean, result.ci95)
@@ -231,6 +255,7 @@ class Trainer:
             "git": git_commit(),
             "torch_version": torch.__version__,
             "threads": torch.get_num_threads(),
+            "world_size": 1 if self.group is None else self.group.world_size,
             "device": str(self.device),
             "command": shlex.join(info["command"]),
             "resumed": [shlex.join(r["command"]) for r in info.get("resumed", [])],
