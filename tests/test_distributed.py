@@ -204,6 +204,13 @@ def test_a_rank_killed_under_torchrun_restarts_resumes_the_run(tmp_path):
     assert all(torch.equal(w[k], c[k]) for k in w)  # same world size: bit for bit
 
 
+def test_a_meta_batch_that_does_not_divide_is_refused_before_anything_is_written(tmp_path):
+    task = write_task(tmp_path, DIST_TASK.replace("meta_batch = 4", "meta_batch = 3"))
+    result = cli("train", str(task), "--out", str(tmp_path / "x"), "--nproc", "2", "--threads", "1")
+    assert result.returncode != 0
+    assert "train.meta_batch 3 does not divide over 2 processes" in result.stderr and not (tmp_path / "x").exists()
+
+
 def test_a_rank_that_cannot_meet_the_others_says_so(tmp_path):
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port()), "FEWSHOT_METAOPT_DIST_TIMEOUT_S": "3"}

@@ -92,6 +92,9 @@ class Trainer:
         # Distributed, every rank trains and evaluates its share; rank 0 alone writes the run.
         self.group = group
         self.writes = group is None or group.rank == 0
+        if group is not None and task.train.meta_batch % group.world_size:
+            raise RunError(f"train.meta_batch {task.train.meta_batch} does not divide over {group.world_size} "
+                           f"processes: make it a multiple of {group.world_size}, or use another number of processes")
         self.task, self.device = task, device
         self.echo = echo if self.writes else (lambda line: None)
         self.sources = {role: open_split(task.data, role) for role in ROLES}
