@@ -249,3 +249,17 @@ def test_task_files_choose_the_precision(tmp_path, capsys):
     assert main(["train", str(task), "--out", str(tmp_path / "bf16"), "--set", "learner.precision=bf16"]) == 0
     assert 'precision = "bf16"' in (tmp_path / "bf16/config.toml").read_text()
     assert json.loads((tmp_path / "bf16/results.json").read_text())["episodes"] == 4
+
+
+@pytest.mark.parametrize("method, extra", [("lstm", {"lstm_variant": "faithful"}), ("lstm", {"lstm_variant": "scalable"}),
+                                           ("l2o", {}), ("meta_sgd", {})])
+def test_every_learned_rule_trains_under_bf16_in_float32(method, extra):
+    model, spy = spied_mlp()
+    rule = MetaOptimizer(model, MetaOptimizerConfig(method=method, **extra))
+    learner = GradientMetaLearner(model, GradientMetaLearnerConfig(inner_lr=0.1, inner_steps=2, precision="bf16"),
+                                  inner_optimizer=rule)
+    before = [p.detach().clone() for p in rule.parameters()]
+    learner.meta_train_step(float_episodes(2))
+    assert set(spy.seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in rule.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, rule.parameters()))
