@@ -9,7 +9,9 @@ tasks; only the order of floating-point summation differs (float32: agreement to
 relative per step, growing slowly over steps).
 
 Evaluation is sharded the same way, and every episode's score gathered back in order, so a
-score per episode equals the 1-process one.
+score per episode equals the 1-process one. Warp-Grad's trajectory points are gathered into
+every rank's replay buffer in the same order, so every rank samples the points one process
+would (and computes the warp objective over them alike).
 """
 
 from __future__ import annotations
@@ -71,23 +73,31 @@ class MetaBatchGroup:
             raise ValueError("no parameters to reduce")
         reference = params[0]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        counts = torch.tensor([float(kept), *sums], dtype=reference.dtype, device=reference.device)
+        # Which parameters have a gradient anywhere: one without any keeps ``None``, as alone
+        # (an optimizer skips it; a zero gradient would still move Adam's moments).
+        present = [float(p.grad is not None) for p in params]
+        counts = torch.tensor([float(kept), *sums, *present], dtype=reference.dtype, device=reference.device)
         flat = _flatten_dense_tensors([g * kept for g in grads] + [counts])
         dist.all_reduce(flat, group=self.group)
         *summed, totals = _unflatten_dense_tensors(flat, grads + [counts])
         total_kept = int(round(float(totals[0])))
-        for p, g in zip(params, summed):
-            p.grad = g / total_kept if total_kept else g
-        return total_kept, [float(t) for t in totals[1:]]
+        anywhere = totals[1 + len(sums):]
+        for p, g, has in zip(params, summed, anywhere):
+            p.grad = None if float(has) == 0 else (g / total_kept if total_kept else g)
+        return total_kept, [float(t) for t in totals[1:1 + len(sums)]]
 
     def gather(self, local: list[T], total: int) -> list[T]:
         """The items of every rank's :meth:`strided` share, back in their original order."""
-        shares: list[Any] = [None] * self.world_size
-        dist.all_gather_object(shares, local, group=self.group)
         out: list[T] = [None] * total  # type: ignore[list-item]
-        for rank, share in enumerate(shares):
+        for rank, share in enumerate(self.gather_all(local)):
             out[rank::self.world_size] = share
         return out
+
+    def gather_all(self, local: T) -> list[T]:
+        """Every rank's ``local``, in rank order, on every rank."""
+        shares: list[Any] = [None] * self.world_size
+        dist.all_gather_object(shares, local, group=self.group)
+        return shares
 
     def broadcast(self, value: T, source: int = 0) -> T:
         """``value`` of rank ``source``, on every rank."""

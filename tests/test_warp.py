@@ -401,3 +401,16 @@ def test_warp_maml_with_a_learned_inner_rule_records_its_state_from_the_first_st
     assert math.isfinite(result.warp_loss) and len(learner.warp.buffer) == 4
     first = next(p for p in learner.warp.buffer.sample(4) if p.step == 0)
     assert set(first.rule_state) == set(shapes) and float(first.rule_state[next(iter(shapes))].m.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("algorithm", ["warp_maml", "warp_leap"])
+def test_a_stored_point_keeps_its_weights_when_the_model_moves_on(algorithm):
+    torch.manual_seed(0)
+    model = warp_mlp(3, 2, hidden=(4,)).double()
+    learner = GradientMetaLearner(model, GradientMetaLearnerConfig(algorithm=algorithm, inner_lr=0.3, warp_points=2))
+    episodes = classification_episodes(2, (3,))
+    learner.meta_train_step(episodes)
+    first = [{n: t.clone() for n, t in p.params.items()} for p in learner.warp.buffer._points]
+    learner.meta_train_step(episodes)  # the outer step updates the model's weights in place
+    for point, saved in zip(learner.warp.buffer._points, first):
+        assert all(torch.equal(point.params[n], saved[n]) for n in saved)

@@ -280,6 +280,8 @@ class GradientMetaLearner:
         :mod:`fewshot_metaopt.distributed`. Every rank must start from the same weights (build
         the model from the same seed, or load the same checkpoint)."""
         self.group = group
+        if self.warp is not None:
+            self.warp.group = group
         return self
 
     def _reduce(self, result: MetaTrainResult, failed: bool, overflow: bool) -> tuple[MetaTrainResult, bool, bool]:

@@ -185,5 +185,5 @@ class MetaOptimizer(UpdateRule):
         meta-gradients across it (see :mod:`fewshot_metaopt.distributed`)."""
         self.tbptt.group = group
         if self.warp_trainer is not None:
-            self.warp_trainer.group = group
+            self.warp_trainer.group = self.warp_trainer.warp.group = group
         return self

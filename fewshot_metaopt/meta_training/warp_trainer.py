@@ -55,8 +55,8 @@ class WarpRuleTrainer:
                 if not lower_scale_after_overflow(self.scaler):
                     raise
         if self.group is not None:
-            # Each rank's replay buffer holds its own trajectories; the warp gradients of all
-            # ranks' sampled points are averaged.
+            # Every rank's buffer holds every rank's points (WarpGradTrainer.share_points), so
+            # the warp gradients agree; the mean keeps the ranks bit for bit in step.
             _, (meta_loss,) = self.group.reduce_mean_gradient(self.rule.parameters(), 1, [meta_loss])
             meta_loss /= self.group.world_size
         grad_norm = clipped_step(

@@ -103,18 +103,25 @@ class WarpGradTrainer:
                                    next(model.parameters()).device)
         # fp16: the current scale of the outer loss, applied to every inner loss too (see engines.precision).
         self.loss_scale = 1.0
+        # Distributed (fewshot_metaopt.distributed), each rank's points wait here until every
+        # rank's are gathered into every buffer, in the ranks' order: the buffers stay identical,
+        # so every rank samples the points a single process would.
+        self.group: Any = None
+        self._pending: list[TrajectoryPoint] = []
 
     def run_task(self, episode: Episode, steps: int, task: int = 0, record: bool = True) -> TaskRun:
         """``steps`` inner steps from the model's initialisation, no graph kept; every point
         goes into the buffer when ``record``."""
         model = self.model
         fixed = {n: p.detach() for n, p in model.named_parameters() if n not in self.adapted}
-        params = {n: p.detach() for n, p in model.named_parameters() if n in self.adapted}
+        # Copies, not views: the points stored from these weights must not follow the model when
+        # an outer step later updates it in place.
+        params = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.adapted}
         state = self.rule.init(params)
         trajectory = [params]
         for step in range(steps):
             if record:
-                self.buffer.add(TrajectoryPoint(params, detached_tree(state), step, episode))
+                self._add(TrajectoryPoint(params, detached_tree(state), step, episode))
             live = {n: p.requires_grad_() for n, p in ((n, p.detach()) for n, p in params.items())}
             where = f"task {task}: support at inner step {step}"
             loss = task_loss(self.call({**fixed, **live}, episode.support_x), episode.support_y, self.loss, where)
@@ -143,10 +150,27 @@ class WarpGradTrainer:
         """Store a point of a trajectory run elsewhere (e.g. the learner's higher inner loop).
         ``rule_state=None`` before the first step means "not created yet": the rule's initial
         state is stored, which is what its first update would create."""
-        adapted = {n: params[n].detach() for n in self.adapted}
+        # A copy: the first step's weights are the model's own, which the outer step updates in place.
+        adapted = {n: params[n].detach().clone() for n in self.adapted}
         if rule_state is None:
             rule_state = self.rule.init(adapted)
-        self.buffer.add(TrajectoryPoint(adapted, detached_tree(rule_state), step, episode))
+        self._add(TrajectoryPoint(adapted, detached_tree(rule_state), step, episode))
+
+    def _add(self, point: TrajectoryPoint) -> None:
+        if self.group is None:
+            self.buffer.add(point)
+        else:
+            self._pending.append(point)
+
+    def share_points(self) -> None:
+        """Distributed: add every rank's points recorded since the last call to every rank's
+        buffer, rank by rank (rank r's tasks are the meta-batch's r-th share)."""
+        if self.group is None:
+            return
+        for share in self.group.gather_all(self._pending):
+            for point in share:
+                self.buffer.add(point)
+        self._pending = []
 
     def accumulate_warp_gradient(self, inputs: List[Tensor],
                                  backward: Callable[[Tensor, List[Tensor]], None] | None = None) -> float:
@@ -155,6 +179,7 @@ class WarpGradTrainer:
         when given (a learner's, which scales it under fp16); returns ``J``."""
         if not inputs:
             raise ValueError("the warp update has no parameters to train")
+        self.share_points()
         objective = warp_meta_loss(self.model, self.rule, self.buffer.sample(self.points), loss=self.loss,
                                    step_batch=self.step_batch, eval_batch=self.eval_batch, call=self.call,
                                    scale=self.loss_scale)
