@@ -241,20 +241,21 @@ class GradientMetaLearner:
         if self.group is not None:
             episodes = self.group.share(episodes, "meta-batch")
         failure: FloatingPointError | None = None
+        overflow = False
         try:
             result = self.accumulate_meta_gradient(episodes)
         except FloatingPointError as err:
             # Under fp16 a non-finite loss may be an overflow of the loss scale; distributed, every
             # rank must learn of a failure on any of them, or the others wait for it.
-            if self.group is None and not (isinstance(err, NonFiniteLossError) and self._scale_may_overflow()):
+            overflow = isinstance(err, NonFiniteLossError) and self._scale_may_overflow()
+            if self.group is None and not overflow:
                 raise
-            failure = err
+            failure = None if overflow else err
             self.meta_optimizer.zero_grad(set_to_none=True)
             result = MetaTrainResult(loss=math.nan, accuracy=None, grad_norm=math.nan, tasks=0,
                                      skipped_tasks=len(episodes))
-        overflow = failure is not None and isinstance(failure, NonFiniteLossError) and self._scale_may_overflow()
         if self.group is not None:
-            result, failed_anywhere, overflow = self._reduce(result, failure is not None and not overflow, overflow)
+            result, failed_anywhere, overflow = self._reduce(result, failure is not None, overflow)
             if failed_anywhere:
                 raise failure or FloatingPointError(
                     f"another process's share of the meta-batch failed at iteration {self.iteration}; see its error")
