@@ -26,10 +26,12 @@ import socket
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from engine_speed import WORKLOADS, synthetic_episodes
 
 from fewshot_metaopt import Episode, GradientMetaLearner, GradientMetaLearnerConfig
 from fewshot_metaopt.distributed import MetaBatchGroup
@@ -37,10 +39,8 @@ from fewshot_metaopt.models import conv4
 
 
 def episodes(n: int) -> list[Episode]:
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(5)
-    return [Episode(torch.randn(5, 1, 28, 28, generator=g), labels, torch.randn(75, 1, 28, 28, generator=g),
-                    labels.repeat_interleave(15), labels) for _ in range(n)]
+    """engine_speed.py's synthetic Omniglot 5-way 1-shot episodes, ``n`` of them."""
+    return synthetic_episodes(replace(WORKLOADS["omniglot-5w1s-b8"], meta_batch=n), torch.device("cpu"))
 
 
 def learner() -> GradientMetaLearner:

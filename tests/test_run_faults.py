@@ -36,17 +36,14 @@ def whole(tmp_path_factory):
     return folder / "run"
 
 
-# The writes of a checkpoint step at an improving validation, in order; a kill before the k-th
-# (k = 0, 1, 2) or in the middle of one of the two files.
-STEP_WRITES = ("best.next.pt", "last.pt", "promote")
-
-
 class Killed(KeyboardInterrupt):
     pass
 
 
 def kill_in_first_best_step(monkeypatch, before: int, midway: bool = False) -> None:
-    """Raise ``Killed`` at write ``before`` of the first checkpoint step that saves a best."""
+    """Raise ``Killed`` at write ``before`` of the first checkpoint step that saves a best: the
+    writes are best.next.pt, last.pt and the rename to best.pt (k = 0, 1, 2), and ``midway``
+    kills in the middle of writing file ``before``."""
     real_save, real_promote = checkpoint_pair.save_checkpoint, checkpoint_pair.promote
     state = {"armed": False, "writes": 0}
     real_pair_save = checkpoint_pair.save
@@ -55,7 +52,7 @@ def kill_in_first_best_step(monkeypatch, before: int, midway: bool = False) -> N
         state["armed"] = best and state["writes"] == 0
         return real_pair_save(run, payload, best)
 
-    def write(kind, action):
+    def write(action):
         if state["armed"]:
             if state["writes"] == before:
                 raise Killed
@@ -69,11 +66,11 @@ def kill_in_first_best_step(monkeypatch, before: int, midway: bool = False) -> N
                     f.write(b"half")
                     raise Killed
             raise Killed
-        return write(path.name, lambda: real_save(path, payload))
+        return write(lambda: real_save(path, payload))
 
     monkeypatch.setattr(checkpoint_pair, "save", pair_save)
     monkeypatch.setattr(checkpoint_pair, "save_checkpoint", save)
-    monkeypatch.setattr(checkpoint_pair, "promote", lambda run: write("promote", lambda: real_promote(run)))
+    monkeypatch.setattr(checkpoint_pair, "promote", lambda run: write(lambda: real_promote(run)))
 
 
 @pytest.mark.parametrize("before, midway", [(0, False), (0, True), (1, False), (1, True), (2, False)])
