@@ -1,4 +1,5 @@
-"""The networks of the few-shot literature, as plain ``nn.Sequential`` modules.
+"""The networks of the few-shot literature: conv-4 and MLPs as plain ``nn.Sequential`` modules,
+and a small residual conv net.
 
 Batch norm keeps no running statistics (``track_running_stats=False``): every forward pass,
 training or evaluation, normalises with the statistics of the batch it sees. This is the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
 
@@ -55,3 +57,37 @@ def mlp(in_features: int, out_features: int, hidden: Sequence[int] = (40, 40)) -
         layers += [nn.Linear(a, b), nn.ReLU()]
     layers.append(nn.Linear(sizes[-1], out_features))
     return nn.Sequential(*layers)
+
+
+class ResidualConvNet(nn.Module):
+    """A strided conv stem, ``blocks`` residual blocks of [conv3x3, BN, ReLU, conv3x3, BN] at
+    ``width`` channels, global average pooling and a linear head.
+
+    Its parameters differ from conv-4's in kind, not only in size (skip connections, no
+    max-pooling, a pooled head), which is what makes it a test of transfer for a learned
+    optimizer meta-trained on conv-4s.
+    """
+
+    def __init__(self, ways: int, in_channels: int = 1, width: int = 16, blocks: int = 2) -> None:
+        super().__init__()
+        if ways < 1 or in_channels < 1 or width < 1 or blocks < 1:
+            raise ValueError(f"ResidualConvNet needs positive ways, in_channels, width and blocks, "
+                             f"got {ways}, {in_channels}, {width}, {blocks}")
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.BatchNorm2d(width, track_running_stats=False),
+                nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.BatchNorm2d(width, track_running_stats=False),
+            )
+            for _ in range(blocks)
+        )
+        self.head = nn.Linear(width, ways)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = torch.relu(x + block(x))
+        return self.head(x.mean((2, 3)))
