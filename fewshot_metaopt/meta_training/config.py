@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from .. import checks
 from ..config_keys import from_mapping
@@ -10,10 +11,16 @@ from ..engines.precision import PRECISIONS
 from ..losses import LOSSES
 from ..optim.rules.lstm_variants import LSTM_VARIANTS
 from ..optim.rules.preprocess import RULE_INITS
+from ..registry import Registry
 from .rule_registry import RULES
 
 WARP_INIT_OBJECTIVES = ("none", "leap")
 META_LOSSES = ("query", "support")
+
+# ``builder(meta_optimizer)`` -> the trainer of ``MetaOptimizer.meta_train_step``. The trainers
+# import this module for its config, so this table cannot import them: meta_optimizer.py, which
+# imports both, registers them, and the package imports it before any config is made.
+OUTER_TRAINERS: Registry[Callable[[Any], Any]] = Registry("outer_trainer")
 
 
 @dataclass
@@ -59,6 +66,15 @@ class MetaOptimizerConfig:
         ``meta_train_step`` under autocast; the rule, its state and the meta-gradient stay
         float32 (see :mod:`fewshot_metaopt.engines.precision`). In a learner's inner loop the
         learner's own ``precision`` applies.
+    outer_trainer: what estimates the rule's meta-gradient in ``meta_train_step``: ``tbptt``
+        (truncated BPTT, :mod:`.tbptt`) or ``pes`` (persistent evolution strategies,
+        :mod:`.pes`: unbiased across truncations, no backpropagation through the unroll; not
+        for ``warp_grad``, which has its own trainer, nor with ``fp16``, which needs the loss
+        scaling only truncated BPTT does).
+    pes_particles: ``pes``: antithetic pairs of inner runs (each pair is two unrolls), >= 1.
+    pes_sigma: ``pes``: standard deviation of the perturbations of the rule's parameters,
+        positive.
+    pes_seed: ``pes``: seed of the perturbations' own generator (the global RNG is not used).
     """
 
     method: str = "meta_sgd"
@@ -81,6 +97,10 @@ class MetaOptimizerConfig:
     warp_points: int = 16
     warp_init: str = "none"
     precision: str = "fp32"
+    outer_trainer: str = "tbptt"
+    pes_particles: int = 8
+    pes_sigma: float = 0.01
+    pes_seed: int = 0
 
     def __post_init__(self) -> None:
         checks.choose("method", self.method, RULES.names())
@@ -90,6 +110,14 @@ class MetaOptimizerConfig:
         checks.choose("rule_init", self.rule_init, RULE_INITS)
         checks.choose("warp_init", self.warp_init, WARP_INIT_OBJECTIVES)
         checks.choose("precision", self.precision, PRECISIONS.names())
+        checks.choose("outer_trainer", self.outer_trainer, OUTER_TRAINERS.names())
+        if self.outer_trainer != "tbptt" and self.method == "warp_grad":
+            raise checks.ConfigError("outer_trainer", f"outer_trainer {self.outer_trainer!r} does not apply to "
+                                     "method 'warp_grad', which trains its warp layers by its own objective; "
+                                     "use outer_trainer 'tbptt'")
+        if self.outer_trainer == "pes" and self.precision == "fp16":
+            raise checks.ConfigError("precision", "precision 'fp16' needs loss scaling, which outer_trainer 'pes' "
+                                     "does not do; use 'bf16' or 'fp32', or outer_trainer 'tbptt'")
         if not self.coordinatewise:
             raise ValueError("coordinatewise=False: every learned optimizer here is coordinatewise")
         if not self.preconditioning and self.method != "meta_sgd":
@@ -97,8 +125,10 @@ class MetaOptimizerConfig:
         for name in ("hidden_size", "num_layers", "unroll_steps", "inner_steps", "warp_buffer_size", "warp_points"):
             checks.at_least(name, getattr(self, name), 1)
         checks.at_least("gradient_clipping", self.gradient_clipping, 0)
-        for name in ("meta_lr", "inner_lr", "output_scale"):
+        for name in ("meta_lr", "inner_lr", "output_scale", "pes_sigma"):
             checks.positive(name, getattr(self, name))
+        checks.integer("pes_particles", self.pes_particles, 1)
+        checks.integer("pes_seed", self.pes_seed, 0)
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "MetaOptimizerConfig":

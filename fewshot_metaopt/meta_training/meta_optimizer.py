@@ -12,10 +12,11 @@ user's own loop. On its own it offers the learned-optimizer calls:
 >>> mo.get_learned_lr(); mo.reset_optimizer_state()
 
 ``meta_train_step`` trains only the rule (the learned-optimizer setting of Andrychowicz et al.)
-with one of two trainers: truncated BPTT (:mod:`.tbptt`) for every method but ``warp_grad``,
-whose warp layers learn from the Warp-Grad objective (:mod:`.warp_trainer`). The facade holds
-the config, the rule, the rule's optimizer and the state of :meth:`compute_update`; the
-trainers hold the training.
+with the outer trainer ``config.outer_trainer`` names (``OUTER_TRAINERS``): truncated BPTT
+(:mod:`.tbptt`) or persistent evolution strategies (:mod:`.pes`), for every method but
+``warp_grad``, whose warp layers learn from the Warp-Grad objective (:mod:`.warp_trainer`). The
+facade holds the config, the rule, the rule's optimizer and the state of
+:meth:`compute_update`; the trainers hold the training.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from ..optim.learned_lr import learned_lr_of
 from ..optim.rules.base import Params, UpdateRule, step_rule
 from ..distributed import MetaBatchGroup
 from ..warp.warp_grad import require_warped
-from .config import MetaOptimizerConfig
+from .config import OUTER_TRAINERS, MetaOptimizerConfig
+from .pes import PersistentES
 from .results import MetaOptTrainResult
 from .rule_registry import build_rule
 from .tbptt import TruncatedBPTT
@@ -78,6 +80,7 @@ class MetaOptimizer(UpdateRule):
         # The trainers are plain objects, so the base model they hold stays out of this
         # module's parameters: its weights are not the optimizer's.
         self.tbptt = TruncatedBPTT(self.rule, self.meta_optimizer, config, base_model)
+        self.outer_trainer = OUTER_TRAINERS[config.outer_trainer](self)
         self.warp_trainer: WarpRuleTrainer | None = None
         if config.method == "warp_grad":
             self.warp_trainer = WarpRuleTrainer(require_warped(base_model, "method 'warp_grad'"), self.rule,
@@ -178,12 +181,40 @@ class MetaOptimizer(UpdateRule):
                 raise ValueError("method 'warp_grad' trains the warp layers of the base model it was built with; "
                                  "pass that model or none")
             return self.warp_trainer.train_step(episodes)
-        return self.tbptt.train_step(model, episodes)
+        return self.outer_trainer.train_step(model, episodes)
+
+    def training_state_dict(self) -> dict:
+        """What resuming :meth:`meta_train_step` needs: the rule's parameters, its optimizer's
+        state and the outer trainer's (PES: its particles and generator; truncated BPTT keeps
+        none between steps), as plain tensors and containers (``weights_only`` loads them)."""
+        if self.warp_trainer is not None:
+            raise ValueError("method 'warp_grad' keeps a replay buffer and trajectories this state does not hold; "
+                             "checkpoint it through its learner")
+        state = {"outer_trainer": self.config.outer_trainer, "rule": self.rule.state_dict(),
+                 "meta_optimizer": self.meta_optimizer.state_dict()}
+        if hasattr(self.outer_trainer, "state_dict"):
+            state["outer_trainer_state"] = self.outer_trainer.state_dict()
+        return state
+
+    def load_training_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`training_state_dict` (saved with the same ``outer_trainer``)."""
+        if state["outer_trainer"] != self.config.outer_trainer:
+            raise ValueError(f"the training state was saved with outer_trainer {state['outer_trainer']!r}, this "
+                             f"optimizer uses {self.config.outer_trainer!r}; build it with the same outer_trainer")
+        if "outer_trainer_state" in state:  # first: its checks refuse a state before anything is loaded
+            self.outer_trainer.load_state_dict(state["outer_trainer_state"])
+        self.rule.load_state_dict(state["rule"])
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
 
     def distribute(self, group: "MetaBatchGroup | None") -> "MetaOptimizer":
         """Share each ``meta_train_step``'s episodes over ``group`` and average the rule's
         meta-gradients across it (see :mod:`fewshot_metaopt.distributed`)."""
-        self.tbptt.group = group
+        self.tbptt.group = self.outer_trainer.group = group
         if self.warp_trainer is not None:
             self.warp_trainer.group = self.warp_trainer.warp.group = group
         return self
+
+
+# The facade's own truncated-BPTT trainer, which ``base_model`` and ``distribute`` also reach.
+OUTER_TRAINERS.register("tbptt", lambda mo: mo.tbptt)
+OUTER_TRAINERS.register("pes", lambda mo: PersistentES(mo.rule, mo.meta_optimizer, mo.config, mo.base_model))
