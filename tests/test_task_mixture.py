@@ -83,6 +83,31 @@ def test_a_run_in_chunks_trains_the_same_rule_as_one_run(glyphs):
         assert torch.equal(a, b)
 
 
+class Recorder:
+    """Stands in for a MetaOptimizer: records what each meta-step was handed."""
+
+    config = MetaOptimizerConfig(method="l2o")
+
+    def __init__(self):
+        self.calls = []
+
+    def meta_train_step(self, episodes, model):
+        self.calls.append((episodes, model))
+        return None
+
+
+def test_a_draw_serves_calls_per_draw_meta_steps_so_runs_that_span_calls_keep_their_network(glyphs):
+    recorder = Recorder()
+    history = meta_train_on_mixture(recorder, tiny_mixture(glyphs), meta_steps=5, seed=2, first_step=1,
+                                    calls_per_draw=2)
+    assert [h.step for h in history] == [1, 2, 3, 4, 5]
+    draws = [tiny_mixture(glyphs).draw(step_generator(2, k)) for k in (0, 1, 2)]
+    for (episodes, model), k in zip(recorder.calls, (0, 1, 1, 2, 2)):
+        assert torch.equal(episodes[0].support_x, draws[k].episodes[0].support_x)
+        for a, b in zip(model.parameters(), draws[k].model.parameters()):
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("method, variant", [("lstm", "faithful"), ("lstm", "scalable"), ("l2o", "faithful")])
 def test_meta_steps_on_glyphs_and_sinusoid_change_the_rule_and_stay_finite(glyphs, method, variant):
     mo = learned(method, variant)
@@ -172,12 +197,13 @@ def test_bad_input_is_one_line_naming_the_value(build, message):
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("method, steps, first, message", [
-    ("meta_sgd", 1, 0, "method lstm or l2o, got method 'meta_sgd'"),
-    ("l2o", 0, 0, "needs an integer meta_steps >= 1, got 0"),
-    ("l2o", 1, -1, "needs an integer first_step >= 0, got -1"),
+@pytest.mark.parametrize("method, options, message", [
+    ("meta_sgd", {}, "method lstm or l2o, got method 'meta_sgd'"),
+    ("l2o", {"meta_steps": 0}, "needs an integer meta_steps >= 1, got 0"),
+    ("l2o", {"first_step": -1}, "needs an integer first_step >= 0, got -1"),
+    ("l2o", {"calls_per_draw": 0}, "needs an integer calls_per_draw >= 1, got 0"),
 ])
-def test_bad_training_input_is_one_line_naming_the_value(glyphs, method, steps, first, message):
+def test_bad_training_input_is_one_line_naming_the_value(glyphs, method, options, message):
     with pytest.raises(ValueError, match=message) as caught:
-        meta_train_on_mixture(learned(method), tiny_mixture(glyphs), meta_steps=steps, first_step=first)
+        meta_train_on_mixture(learned(method), tiny_mixture(glyphs), **{"meta_steps": 1, **options})
     assert "\n" not in str(caught.value)

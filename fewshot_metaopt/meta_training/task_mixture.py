@@ -12,7 +12,8 @@ one architecture is the one it is tuned for. The task loss follows the config's 
 ...                                  data_root="data/omniglot", ways=5, shots=5)
 >>> history = meta_train_on_mixture(mo, mixture, meta_steps=100, seed=0)
 
-Every draw of meta-step ``k`` comes from a generator seeded by ``(seed, k)`` alone, so a run
+Every draw of meta-step ``k`` comes from a generator seeded by ``(seed, k)`` alone (``k //
+calls_per_draw`` when a draw serves several meta-steps), so a run
 split into chunks (``first_step``) draws exactly what one run draws, a resumed run continues
 the same stream, and the global RNG is never touched.
 """
@@ -176,9 +177,15 @@ def meta_train_on_mixture(
     episodes_per_step: int = 1,
     seed: int = 0,
     first_step: int = 0,
+    calls_per_draw: int = 1,
 ) -> list[MixtureStep]:
     """Train ``optimizer``'s rule for ``meta_steps`` meta-steps, numbered from ``first_step``,
     on draws of ``mixture``; returns one record per meta-step.
+
+    ``calls_per_draw`` is for outer trainers whose inner runs last several calls (PES
+    advances its particles one truncation per ``meta_train_step``): each draw then serves that
+    many consecutive meta-steps, so a run never changes network in the middle;
+    ``ceil(inner_steps / unroll_steps)`` lets every run finish on the network it began on.
 
     A non-finite loss or meta-gradient raises from ``meta_train_step``; the window it happened
     in updates nothing.
@@ -187,12 +194,13 @@ def meta_train_on_mixture(
     episodes_per_step = checks.integer("episodes_per_step", episodes_per_step, 1, owner="meta_train_on_mixture")
     seed = checks.integer("seed", seed, owner="meta_train_on_mixture")
     first_step = checks.integer("first_step", first_step, 0, owner="meta_train_on_mixture")
+    calls_per_draw = checks.integer("calls_per_draw", calls_per_draw, 1, owner="meta_train_on_mixture")
     method = optimizer.config.method
     if method not in MIXTURE_METHODS:
         raise ValueError(f"meta_train_on_mixture needs a MetaOptimizer of method {' or '.join(MIXTURE_METHODS)}, "
                          f"got method {method!r}, whose meta-parameters fit one model only")
     history = []
     for step in range(first_step, first_step + meta_steps):
-        draw = mixture.draw(step_generator(seed, step), episodes_per_step)
+        draw = mixture.draw(step_generator(seed, step // calls_per_draw), episodes_per_step)
         history.append(MixtureStep(step, draw.component.name, optimizer.meta_train_step(draw.episodes, draw.model)))
     return history
