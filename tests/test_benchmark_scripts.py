@@ -1,5 +1,6 @@
 """The long benchmark scripts still run end to end at toy sizes, and ``learned_vs_adam --work``
-resumes: a second run loads every piece and prints the same table."""
+resumes: a second run loads every piece and prints the same table, and a meta-training run
+resumes from its checkpoint."""
 
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
@@ -25,19 +27,36 @@ def table(output: str) -> list[str]:
 
 def test_learned_vs_adam_resumes_from_its_work_folder(tmp_path):
     args = ["benchmarks/learned_vs_adam.py", "--threads", "1", "--data-root", str(tmp_path / "absent"),
-            "--ways", "3", "--shots", "2", "--steps", "3", "--unroll", "2", "--meta-iterations", "1",
-            "--validate-every", "1", "--validation-tasks", "1", "--test-tasks", "1", "--tune-tasks", "1",
-            "--architectures", "conv4-16", "mlp 784-128-64", "--work", str(tmp_path / "work")]
+            "--ways", "3", "--shots", "2", "--regression-shots", "3", "--steps", "3", "--unroll", "2",
+            "--meta-iterations", "2", "--validate-every", "1", "--validation-tasks", "1", "--test-tasks", "2",
+            "--tune-tasks", "1", "--seeds", "0", "1", "--bootstrap", "20", "--architectures", "conv4-16",
+            "mlp-784-64", "--work", str(tmp_path / "work")]
     first = run_script(*args)
-    assert "Glyphs (Omniglot not found)" in first and "meta-step 1" in first
+    assert "Glyphs train characters (no Omniglot at" in first and "meta-step 2" in first
+    assert "mlp-1-40-40 on sinusoid" in first and "| mlp-784-64 (unseen) |" in first
     pieces = sorted(p.name.split("-")[0] for p in (tmp_path / "work").iterdir())
-    assert pieces.count("rule") == 3 and pieces.count("adam") == 2 and pieces.count("curve") == 8
+    assert pieces.count("rule") == 6 and pieces.count("train") == 6 and pieces.count("adam") == 2
+    assert pieces.count("curve") == 2 * (1 + 6)
     # Curves of the rules are recomputed from the reloaded rules: the table must not change.
     for curve in (tmp_path / "work").glob("curve-conv4_16_l*"):
         curve.unlink()
     second = run_script(*args)
     assert "meta-trained rule loaded" in second and "meta-step 1" not in second
     assert table(second) == table(first)
+    # A longer run continues the meta-training runs from their checkpoints and keeps the rule an
+    # uninterrupted run keeps.
+    longer = [*args[:args.index("--meta-iterations") + 1], "3", *args[args.index("--meta-iterations") + 2:]]
+    third = run_script(*longer)
+    assert "l2o, seed 0: resumed at meta-step 2" in third and "l2o, seed 0: meta-step 3" in third
+    fresh = [*longer[:longer.index("--work") + 1], str(tmp_path / "fresh"), "--rules", "l2o", "--seeds", "0"]
+    assert "resumed" not in run_script(*fresh)
+    resumed, = (tmp_path / "work").glob("rule-l2o_s0-*-3.pt")
+    uninterrupted, = (tmp_path / "fresh").glob("rule-l2o_s0-*-3.pt")
+    a, b = (torch.load(path, weights_only=True)["rule"] for path in (resumed, uninterrupted))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    # A checkpoint past the requested length is not rewound.
+    shorter = [*args[:-2], "--work", str(tmp_path / "fresh"), "--rules", "l2o", "--seeds", "0"]
+    assert "past --meta-iterations 2; training afresh" in run_script(*shorter)
 
 
 @pytest.mark.skipif(not (OMNIGLOT / "images_background.zip").exists() and not (OMNIGLOT / "images_background").is_dir(),
