@@ -23,6 +23,7 @@ Nearest published relative: the "Choice" amalgamation of Optimizer Amalgamation 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple, Sequence
 
 import torch
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from ... import checks
 from .base import Params, UpdateRule
+from .coordinate_chunks import DEFAULT_CHUNK_SIZE, check_chunking, linear, map_chunks
 from .loss_feature import loss_feature
 from .preprocess import check_grads, record_effective_lr, records_to_floats
 
@@ -51,6 +53,7 @@ class CombinerRule(UpdateRule):
         hidden: widths of the MLP's hidden ReLU layers (the seed: one or two small layers).
         eps: keeps the step-size scale ``s`` positive when every proposal is zero.
         check_finite: raise on NaN/Inf gradients (one device sync per step).
+        chunk_size, network_precision: how the MLP is evaluated (:mod:`.coordinate_chunks`).
     """
 
     def __init__(
@@ -60,8 +63,12 @@ class CombinerRule(UpdateRule):
         hidden: Sequence[int] = (16,),
         eps: float = 1e-12,
         check_finite: bool = True,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        network_precision: str = "fp32",
     ) -> None:
         super().__init__()
+        self.chunk_size = check_chunking(chunk_size, network_precision, "CombinerRule")
+        self.network_precision = network_precision
         pool = list(pool)
         if not pool:
             raise ValueError("CombinerRule needs at least one rule in its pool, got none")
@@ -97,14 +104,19 @@ class CombinerRule(UpdateRule):
         return CombinerState(tuple(rule.init(params) for rule in self.pool))
 
     def combine(self, proposals: Tensor, loss: Tensor) -> Tensor:
-        """The mixed update of one tensor from its ``(coordinates, K)`` proposals."""
+        """The mixed update of one tensor from its ``(coordinates, K)`` proposals, in chunks of
+        ``chunk_size`` coordinates (:mod:`.coordinate_chunks`)."""
         scale = torch.sqrt(proposals.square().mean() + self.eps**2)
-        n = proposals.shape[0]
-        features = torch.cat(
-            [proposals / scale, loss.expand(n, 1), torch.log(scale).expand(n, 1)], dim=1
-        ).to(self.mix.dtype)
-        weights = self.mix + self.mlp(features)
-        return (weights.to(proposals.dtype) * proposals).sum(dim=1)
+        linears = [layer for layer in self.mlp if isinstance(layer, nn.Linear)]
+        first, pool = linears[0], len(self.pool)
+        # The loss and the step size are the same for every coordinate of the tensor: their
+        # columns of the first layer fold into its bias.
+        constant = torch.stack([loss, torch.log(scale)]).to(self.mix.dtype)
+        layers = [first.weight[:, :pool], first.bias + first.weight[:, pool:] @ constant]
+        for layer in linears[1:]:
+            layers += [layer.weight, layer.bias]
+        chunk = partial(_mixed_chunk, scale=scale, mix=self.mix, layers=layers, precision=self.network_precision)
+        return map_chunks(chunk, (proposals,), self.chunk_size)
 
     def update(
         self, params: Params, grads: Params, state: CombinerState, step: int, loss: Tensor | None = None
@@ -127,3 +139,12 @@ class CombinerRule(UpdateRule):
     def get_learned_lr(self) -> dict[str, float]:
         """Effective learning rate per tensor of the last update, ``mean|delta| / mean|grad|``."""
         return records_to_floats(self._effective)
+
+
+def _mixed_chunk(proposals: Tensor, scale: Tensor, mix: Tensor, layers: list, precision: str) -> Tensor:
+    x = (proposals / scale).to(mix.dtype)
+    for k in range(0, len(layers), 2):
+        x = linear(x, layers[k], layers[k + 1], precision)
+        if k + 2 < len(layers):
+            x = torch.relu(x)
+    return ((mix + x).to(proposals.dtype) * proposals).sum(dim=1)

@@ -33,12 +33,16 @@ model at the defaults).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Dict, NamedTuple, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .base import Params, UpdateRule
+from .coordinate_chunks import (
+    DEFAULT_CHUNK_SIZE, CompiledKernels, check_chunking, linear, map_chunks, plain_values, spans,
+)
 from .preprocess import check_grads, check_init, record_effective_lr, records_to_floats, safe_sqrt
 
 COORD_FEATURES = 4  # gradient, parameter, RMS, RMS-normalised gradient (plus two per momentum)
@@ -68,6 +72,8 @@ class L2ORule(UpdateRule):
         check_finite: raise on NaN/Inf gradients (one device sync per step).
         init: ``descent`` (untrained rule = normalised Adam direction, step ``step_mult``) or
             ``random`` (MLPLOpt); ``descent`` needs 0.9 among the decays.
+        chunk_size, compile, network_precision: how the network is evaluated
+            (:mod:`.coordinate_chunks`); ``compile=True`` takes at most one hidden layer.
     """
 
     def __init__(
@@ -84,9 +90,20 @@ class L2ORule(UpdateRule):
         second_order: bool = True,
         check_finite: bool = True,
         init: str = "descent",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compile: bool = False,
+        network_precision: str = "fp32",
     ) -> None:
         super().__init__()
         check_init(init, step_mult, "step_mult")
+        self.chunk_size = check_chunking(chunk_size, network_precision, "L2ORule")
+        if compile and hidden_layers > 1:
+            raise ValueError(
+                f"L2ORule compile=True writes the network out unit by unit, for at most one hidden layer; "
+                f"got hidden_layers={hidden_layers} (use compile=False, which runs chunked matrix products)"
+            )
+        self.compile, self.network_precision = bool(compile), network_precision
+        self._compiled = CompiledKernels()
         if hidden_size < 1 or hidden_layers < 0:
             raise ValueError(
                 f"L2ORule needs hidden_size >= 1 and hidden_layers >= 0, got {hidden_size}, {hidden_layers}"
@@ -133,28 +150,128 @@ class L2ORule(UpdateRule):
     def update(
         self, params: Params, grads: Params, state: L2OState, step: int, loss: Tensor | None = None
     ) -> tuple[Params, L2OState]:
+        if grads and self._fused(list(params.values()) + list(grads.values())):
+            return self._update_fused(params, grads, state, step)
         check_grads(params, grads, self.check_finite)
         new, new_state = dict(params), dict(state)
         dtype = self.mlp[-1].weight.dtype
+        layers = self._folded_layers(step, dtype)
         for name, grad in grads.items():
             p, slot = params[name], state[name]
             g = (grad if self.second_order else grad.detach()).to(dtype)
             momenta = tuple(b * m + (1 - b) * g for b, m in zip(self.decays, slot.momenta))
             v = self.rms_decay * slot.v + (1 - self.rms_decay) * g * g
-            inv = torch.rsqrt(v + self.eps)
-            columns = [g, p.to(dtype), *momenta, safe_sqrt(v), g * inv, *(m * inv for m in momenta)]
-            f = torch.stack([c.reshape(-1) for c in columns], dim=1)
-            f = f * torch.rsqrt(self.norm_eps + f.square().mean(0, keepdim=True))
-            embedding = self.step_embedding(step, dtype, f.device).expand(f.shape[0], -1)
-            out = self.mlp(torch.cat([f, embedding], dim=1))
-            direction, magnitude = out[:, 0] + f @ self.nominal, out[:, 1]
-            delta = (direction * torch.exp(magnitude * self.exp_mult) * self.step_mult).reshape(p.shape).to(p.dtype)
+            columns = tuple(c.reshape(-1) for c in (g, p.to(dtype), v, *momenta))
+            squares = sum(
+                _features(*(c[start:stop] for c in columns), eps=self.eps).square().sum(0)
+                for start, stop in spans(g.numel(), self.chunk_size)
+            )
+            norm = torch.rsqrt(self.norm_eps + squares / g.numel())
+            chunk = partial(_l2o_chunk, eps=self.eps, norm=norm, nominal=self.nominal, exp_mult=self.exp_mult,
+                            step_mult=self.step_mult, precision=self.network_precision, layers=layers)
+            delta = map_chunks(chunk, columns, self.chunk_size)
+            delta = delta.reshape(p.shape).to(p.dtype)
             new[name] = p - delta
             new_state[name] = L2OSlot(momenta, v)
             record_effective_lr(self._effective, name, delta, grad)
+        return new, new_state
+
+    def _folded_layers(self, step: int, dtype: torch.dtype) -> list[Tensor]:
+        """The MLP's weights and biases in order, the first layer's step-embedding columns
+        folded into its bias: the embedding is the same for every coordinate."""
+        linears = [layer for layer in self.mlp if isinstance(layer, nn.Linear)]
+        first = linears[0]
+        embedding = self.step_embedding(step, dtype, first.weight.device)
+        features = self.num_features - len(self.timescales)
+        tensors = [first.weight[:, :features], first.bias + first.weight[:, features:] @ embedding]
+        for layer in linears[1:]:
+            tensors += [layer.weight, layer.bias]
+        return tensors
+
+    def _fused(self, tensors: list) -> bool:
+        """Whether this step runs the compiled kernels (``compile=True``, no autograd, plain tensors)."""
+        return self.compile and not torch.is_grad_enabled() and plain_values(tensors)
+
+    def _update_fused(self, params: Params, grads: Params, state: L2OState, step: int) -> tuple[Params, L2OState]:
+        """The eager step in two compiled passes per tensor (one for the new accumulators and
+        the features' scale, one for the new weights, recomputing the features instead of
+        storing them), the network written out unit by unit; finiteness and the effective lr
+        come out of the same passes."""
+        check_grads(params, grads, check_finite=False)
+        dtype = self.mlp[-1].weight.dtype
+        layers = self._folded_layers(step, dtype)
+        constants = (self.decays, self.rms_decay, self.eps)
+        prepared, flags = [], []
+        for name, grad in grads.items():
+            p, slot = params[name], state[name]
+            g = grad.to(dtype)
+            momenta, v, squares, finite, g_abs = self._compiled(_fused_prepare)(g, p.to(dtype), slot.v, *constants,
+                                                                                 *slot.momenta)
+            prepared.append((name, p, g, momenta, v, torch.rsqrt(self.norm_eps + squares / g.numel()), g_abs))
+            flags.append(finite)
+        if self.check_finite and not bool(torch.stack(flags).all()):
+            bad = next(name for (name, *_), ok in zip(prepared, flags) if not bool(ok))
+            raise ValueError(f"gradient of {bad!r} has non-finite values (NaN or Inf)")
+        new, new_state = dict(params), dict(state)
+        for name, p, g, momenta, v, norm, g_abs in prepared:
+            stepped, delta_abs = self._compiled(_fused_apply)(
+                g, p, v, self.eps, norm, self.nominal, self.exp_mult, self.step_mult, len(momenta), *momenta, *layers)
+            new[name] = stepped
+            new_state[name] = L2OSlot(momenta, v)
+            self._effective[name] = delta_abs / g_abs
         return new, new_state
 
     def get_learned_lr(self) -> dict[str, float]:
         """Effective learning rate per tensor of the last update: ``mean|delta| / mean|grad|``
         (the SGD lr that would move the tensor as far); empty before the first update."""
         return records_to_floats(self._effective)
+
+
+def _features(g: Tensor, p: Tensor, v: Tensor, *momenta: Tensor, eps: float) -> Tensor:
+    """The ``(coordinates, 4 + 2 * len(decays))`` coordinate features before scaling."""
+    inv = torch.rsqrt(v + eps)
+    return torch.stack([g, p, *momenta, safe_sqrt(v), g * inv, *(m * inv for m in momenta)], dim=1)
+
+
+def _l2o_chunk(g: Tensor, p: Tensor, v: Tensor, *momenta: Tensor, eps: float, norm: Tensor, nominal: Tensor,
+               exp_mult: float, step_mult: float, precision: str, layers: list) -> Tensor:
+    """The step (to subtract) of one chunk of coordinates; ``layers`` alternates weights and biases."""
+    f = _features(g, p, v, *momenta, eps=eps) * norm
+    x = f
+    for k in range(0, len(layers), 2):
+        x = linear(x, layers[k], layers[k + 1], precision)
+        if k + 2 < len(layers):
+            x = torch.relu(x)
+    direction, magnitude = x[:, 0] + f @ nominal, x[:, 1]
+    return direction * torch.exp(magnitude * exp_mult) * step_mult
+
+
+def _fused_prepare(g, p, v_old, decays, rms_decay, eps, *momenta_old):
+    momenta = tuple(b * m + (1 - b) * g for b, m in zip(decays, momenta_old))
+    v = rms_decay * v_old + (1 - rms_decay) * g * g
+    inv = torch.rsqrt(v + eps)
+    columns = [g, p, *momenta, torch.sqrt(v), g * inv, *(m * inv for m in momenta)]
+    squares = torch.stack([c.square().sum() for c in columns])
+    return momenta, v, squares, torch.isfinite(g).all(), g.abs().sum()
+
+
+def _fused_apply(g, p, v, eps, norm, nominal, exp_mult, step_mult, count, *rest):
+    momenta, layers = rest[:count], rest[count:]
+    inv = torch.rsqrt(v + eps)
+    raw = [g, p.to(g.dtype), *momenta, torch.sqrt(v), g * inv, *(m * inv for m in momenta)]
+    f = [c * norm[k] for k, c in enumerate(raw)]
+    direction = sum(c * nominal[k] for k, c in enumerate(f))
+    if len(layers) == 2:  # no hidden layer: the readout reads the features
+        weight, bias = layers
+        direction = direction + bias[0] + sum(c * weight[0, k] for k, c in enumerate(f))
+        magnitude = bias[1] + sum(c * weight[1, k] for k, c in enumerate(f))
+    else:
+        w_in, b_in, w_out, b_out = layers
+        magnitude = b_out[1]
+        direction = direction + b_out[0]
+        for unit in range(w_in.shape[0]):
+            h = torch.relu(b_in[unit] + sum(c * w_in[unit, k] for k, c in enumerate(f)))
+            direction = direction + w_out[0, unit] * h
+            magnitude = magnitude + w_out[1, unit] * h
+    delta = (direction * torch.exp(magnitude * exp_mult) * step_mult).to(p.dtype)
+    return p - delta, delta.abs().sum()

@@ -47,17 +47,27 @@ Gradients enter as constants by default (``second_order=False``), as in the fait
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Dict, List, NamedTuple, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from ... import checks
 from .base import Params, UpdateRule
 from .lstm_faithful import lstm_cell
-from .preprocess import check_grads, check_init, log_sign_preprocess, record_effective_lr, records_to_floats
+from .coordinate_chunks import (
+    DEFAULT_CHUNK_SIZE, CompiledKernels, Moments, check_chunking, linear, map_chunks, plain_values, spans,
+)
+from .preprocess import (
+    check_grads, check_init, log_sign_clamped, log_sign_preprocess, record_effective_lr, records_to_floats,
+)
 
 COORD_FEATURES = 4
 TENSOR_FEATURES = 2 * COORD_FEATURES + 1
+# The coordinate network's hidden activation: tanh as published; relu costs a fraction of a
+# tanh per unit, which is most of a step at 10M+ parameters (docs/benchmarks.md).
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
 
 class ScalableSlot(NamedTuple):
@@ -93,6 +103,10 @@ class ScalableLSTMRule(UpdateRule):
         eps: added to the bias-corrected second moment; eps1: added to ``g^2`` (Adafactor).
         second_order: keep the incoming gradients in the graph (default: detach them).
         check_finite: raise on NaN/Inf gradients (one device sync per step).
+        chunk_size, compile, network_precision: how the coordinate network is evaluated
+            (:mod:`.coordinate_chunks`): coordinates per chunk, ``torch.compile`` for steps
+            without autograd, and ``fp32`` or ``bf16`` matrix products.
+        activation: the coordinate network's hidden activation, ``tanh`` or ``relu``.
     """
 
     variant = "scalable"
@@ -112,9 +126,17 @@ class ScalableLSTMRule(UpdateRule):
         check_finite: bool = True,
         init: str = "descent",
         init_lr: float = 1e-3,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compile: bool = False,
+        network_precision: str = "fp32",
+        activation: str = "tanh",
     ) -> None:
         super().__init__()
         check_init(init, init_lr)
+        self.activation = checks.choose("activation", activation, tuple(ACTIVATIONS))
+        self.chunk_size = check_chunking(chunk_size, network_precision, "ScalableLSTMRule")
+        self.compile, self.network_precision = bool(compile), network_precision
+        self._compiled = CompiledKernels()
         if hidden_size < 1 or num_layers < 1 or mlp_hidden < 1:
             raise ValueError(
                 f"ScalableLSTMRule needs positive sizes, got hidden_size={hidden_size}, "
@@ -181,6 +203,8 @@ class ScalableLSTMRule(UpdateRule):
     def update(
         self, params: Params, grads: Params, state: ScalableState, step: int, loss: Tensor | None = None
     ) -> tuple[Params, ScalableState]:
+        if grads and self._fused(list(params.values()) + list(grads.values())):
+            return self._update_fused(params, grads, state)
         check_grads(params, grads, self.check_finite)
         new, new_state = dict(params), dict(state)
         if not grads:
@@ -188,7 +212,7 @@ class ScalableLSTMRule(UpdateRule):
         dtype = self.coord_out.weight.dtype
         beta1, beta2 = torch.sigmoid(self.decay_logits).unbind()
         names = list(grads)
-        features, stats, accumulators = [], [], []
+        columns, stats, accumulators = [], [], []
         for name in names:
             g = grads[name] if self.second_order else grads[name].detach()
             g = g.to(dtype)
@@ -197,18 +221,39 @@ class ScalableLSTMRule(UpdateRule):
             m = beta1 * slot.m + (1 - beta1) * g
             v, estimate = self._second_moment(g * g + self.eps1, slot.v, beta2)
             inv = torch.rsqrt(estimate / (1 - beta2**t) + self.eps)
-            x = torch.cat(
-                [
-                    log_sign_preprocess(g, self.preprocess_p).reshape(-1, 2),
-                    (m / (1 - beta1**t) * inv).reshape(-1, 1),
-                    (g * inv).reshape(-1, 1),
-                ],
-                dim=1,
-            )
-            size = torch.full((1,), math.log(g.numel()) / 10, dtype=dtype, device=g.device)
-            stats.append(torch.cat([x.mean(0), torch.sqrt(x.var(0, correction=0) + 1e-8), size]))
-            features.append(x)
+            flat = (g.reshape(-1), m.reshape(-1), inv.reshape(-1))
+            debias = 1 - beta1**t
+            moments = Moments()
+            for start, stop in spans(g.numel(), self.chunk_size):
+                pieces = (c[start:stop] for c in flat)
+                moments.add(*_feature_moments(*pieces, debias, self.preprocess_p), stop - start)
+            stats.append(self._tensor_summary(moments.mean, moments.variance(), g))
+            columns.append((flat, debias))
             accumulators.append((t, m, v))
+        context, biases, scales = self._context(stats, state, names)
+        for i, name in enumerate(names):
+            p = params[name]
+            (g, m, inv), debias = columns[i]
+            chunk = partial(
+                _scalable_chunk, debias=debias, p=self.preprocess_p, w_in=self.coord_in.weight, b_in=biases[i],
+                w_out=self.coord_out.weight, b_out=self.coord_out.bias, nominal=self.nominal, scale=scales[i],
+                activation=self.activation, precision=self.network_precision,
+            )
+            stepped = map_chunks(chunk, (g, m, inv, p.reshape(-1)), self.chunk_size)
+            new[name] = stepped.reshape(p.shape)
+            t, m, v = accumulators[i]
+            new_state[name] = ScalableSlot(t, m, v, [context[layer][i] for layer in range(self.num_layers)])
+            record_effective_lr(self._effective, name, new[name] - p, grads[name])
+        return new, new_state
+
+    def _tensor_summary(self, mean: Tensor, variance: Tensor, g: Tensor) -> Tensor:
+        """The per-tensor LSTM's input: feature means, spreads and the tensor's log size."""
+        size = torch.full((1,), math.log(g.numel()) / 10, dtype=mean.dtype, device=mean.device)
+        return torch.cat([mean, torch.sqrt(variance + 1e-8), size])
+
+    def _context(self, stats: list, state: ScalableState, names: list) -> tuple[list, Tensor, Tensor]:
+        """One step of the per-tensor LSTM over every tensor at once: its new states, and each
+        tensor's first-layer bias and step scale."""
         h_in = torch.stack(stats)
         context: list[list[tuple[Tensor, Tensor]]] = []
         for layer, cell in enumerate(self.cells):
@@ -217,20 +262,142 @@ class ScalableLSTMRule(UpdateRule):
             h, c = lstm_cell(cell, h_in, (h, c))
             context.append(list(zip(h.unbind(), c.unbind())))
             h_in = h
-        biases = self.context_bias(h_in)
+        # The tensor's context enters the coordinate network as a bias: folded into the first
+        # layer's, it costs nothing per coordinate.
+        biases = self.context_bias(h_in) + self.coord_in.bias
         scales = torch.exp(self.context_scale(h_in).squeeze(-1)) * self.output_scale
+        return context, biases, scales
+
+    def _fused(self, tensors: list) -> bool:
+        """Whether this step runs the compiled kernels: ``compile=True``, no autograd, plain
+        tensors."""
+        return self.compile and not torch.is_grad_enabled() and plain_values(tensors)
+
+    def _update_fused(self, params: Params, grads: Params, state: ScalableState) -> tuple[Params, ScalableState]:
+        """The same step as the eager path in two compiled passes per tensor, each reading the
+        tensor's arrays once: one makes the new accumulators and the feature statistics, the
+        other the new weights (the second moment's estimate, the features and the network are
+        recomputed inside it instead of stored). The kernels write the network out unit by unit,
+        which vectorises across coordinates; finiteness and the effective lr come out of the
+        same passes."""
+        check_grads(params, grads, check_finite=False)
+        dtype = self.coord_out.weight.dtype
+        beta1, beta2 = torch.sigmoid(self.decay_logits).unbind()
+        names = list(grads)
+        prepared, stats, flags = [], [], []
+        for name in names:
+            g, slot = grads[name].to(dtype), state[name]
+            t = slot.step + 1
+            constants = (beta1, beta2, 1 - beta1**t, 1 - beta2**t, self.eps1, self.eps, self.preprocess_p)
+            if g.dim() < 2:
+                m, v, mean, squares, finite, g_abs = self._compiled(_vector_prepare)(g, slot.m, slot.v, *constants)
+            else:
+                rows = g.reshape(g.shape[0], -1)
+                m, row, col, mean, squares, finite, g_abs = self._compiled(_matrix_prepare)(
+                    rows, slot.m.reshape(rows.shape), *slot.v, *constants)
+                m, v = m.reshape(g.shape), (row, col)
+            stats.append(self._tensor_summary(mean, squares / g.numel(), g))
+            prepared.append((g, t, m, v, constants, g_abs))
+            flags.append(finite)
+        if self.check_finite and not bool(torch.stack(flags).all()):
+            bad = next(n for n, ok in zip(names, flags) if not bool(ok))
+            raise ValueError(f"gradient of {bad!r} has non-finite values (NaN or Inf)")
+        context, biases, scales = self._context(stats, state, names)
+        new, new_state = dict(params), dict(state)
         for i, name in enumerate(names):
             p = params[name]
-            hidden = torch.tanh(self.coord_in(features[i]) + biases[i])
-            y = self.coord_out(hidden).squeeze(-1) + features[i] @ self.nominal
-            delta = (scales[i] * y).reshape(p.shape).to(p.dtype)
-            new[name] = p + delta
-            t, m, v = accumulators[i]
+            g, t, m, v, constants, g_abs = prepared[i]
+            network = (self.coord_in.weight, biases[i], self.coord_out.weight, self.coord_out.bias, self.nominal,
+                       scales[i], self.activation)
+            if g.dim() < 2:
+                stepped, delta_abs = self._compiled(_vector_apply)(g, m, v, p, *constants[2:], *network)
+            else:
+                rows = g.reshape(g.shape[0], -1)
+                stepped, delta_abs = self._compiled(_matrix_apply)(
+                    rows, m.reshape(rows.shape), *v, p.reshape(rows.shape), *constants[2:], *network)
+            new[name] = stepped.reshape(p.shape)
             new_state[name] = ScalableSlot(t, m, v, [context[layer][i] for layer in range(self.num_layers)])
-            record_effective_lr(self._effective, name, delta, grads[name])
+            self._effective[name] = delta_abs / g_abs
         return new, new_state
 
     def get_learned_lr(self) -> dict[str, float]:
         """Effective learning rate per tensor of the last update: ``mean|delta| / mean|grad|``
         (the SGD lr that would move the tensor as far); empty before the first update."""
         return records_to_floats(self._effective)
+
+
+def _coordinate_features(g: Tensor, m: Tensor, inv: Tensor, debias: Tensor, p: float) -> Tensor:
+    """The 4 features of each coordinate of a flat chunk: ``(log/sign g [2], m^ r, g r)``."""
+    return torch.cat(
+        [log_sign_preprocess(g, p), (m / debias * inv).unsqueeze(1), (g * inv).unsqueeze(1)], dim=1
+    )
+
+
+def _feature_moments(g: Tensor, m: Tensor, inv: Tensor, debias: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and summed squared deviations of one chunk's features."""
+    x = _coordinate_features(g, m, inv, debias, p)
+    mean = x.mean(0)
+    return mean, (x - mean).square().sum(0)
+
+
+def _scalable_chunk(g: Tensor, m: Tensor, inv: Tensor, param: Tensor, debias: Tensor, p: float, w_in: Tensor,
+                    b_in: Tensor, w_out: Tensor, b_out: Tensor, nominal: Tensor, scale: Tensor, activation: str,
+                    precision: str) -> Tensor:
+    """The new values of one chunk of a tensor's coordinates."""
+    x = _coordinate_features(g, m, inv, debias, p)
+    hidden = ACTIVATIONS[activation](linear(x, w_in, b_in, precision))
+    y = linear(hidden, w_out, b_out, precision).squeeze(-1) + x @ nominal
+    return param + (scale * y).to(param.dtype)
+
+
+
+def _feature_columns(g: Tensor, m: Tensor, inv: Tensor, debias: Tensor, p: float) -> tuple[Tensor, ...]:
+    """:func:`_coordinate_features` as four arrays of ``g``'s shape (what a fused kernel vectorises)."""
+    return (*log_sign_clamped(g, p), m / debias * inv, g * inv)
+
+
+def _column_statistics(columns: tuple, g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    means = [c.mean() for c in columns]
+    squares = [(c - mean).square().sum() for c, mean in zip(columns, means)]
+    return torch.stack(means), torch.stack(squares), torch.isfinite(g).all(), g.abs().sum()
+
+
+def _unit_network(x: tuple, param: Tensor, w_in: Tensor, b_in: Tensor, w_out: Tensor, b_out: Tensor,
+                  nominal: Tensor, scale: Tensor, activation: str) -> tuple[Tensor, Tensor]:
+    """:func:`_scalable_chunk`'s network written unit by unit; the new values and ``sum|delta|``."""
+    y = b_out[0] + sum(x[k] * nominal[k] for k in range(COORD_FEATURES))
+    for unit in range(w_in.shape[0]):
+        pre = b_in[unit] + sum(x[k] * w_in[unit, k] for k in range(COORD_FEATURES))
+        y = y + w_out[0, unit] * ACTIVATIONS[activation](pre)
+    delta = (scale * y).to(param.dtype)
+    return param + delta, delta.abs().sum()
+
+
+def _vector_prepare(g, m_old, v_old, beta1, beta2, debias1, debias2, eps1, eps, p):
+    m = beta1 * m_old + (1 - beta1) * g
+    v = beta2 * v_old + (1 - beta2) * (g * g + eps1)
+    inv = torch.rsqrt(v / debias2 + eps)
+    return (m, v, *_column_statistics(_feature_columns(g, m, inv, debias1, p), g))
+
+
+def _factored_inverse(row: Tensor, col: Tensor, debias2: Tensor, eps: float) -> Tensor:
+    return torch.rsqrt(row[:, None] * col[None, :] / row.mean() / debias2 + eps)
+
+
+def _matrix_prepare(g, m_old, row_old, col_old, beta1, beta2, debias1, debias2, eps1, eps, p):
+    m = beta1 * m_old + (1 - beta1) * g
+    squares = g * g + eps1
+    row = beta2 * row_old + (1 - beta2) * squares.mean(1)
+    col = beta2 * col_old + (1 - beta2) * squares.mean(0)
+    inv = _factored_inverse(row, col, debias2, eps)
+    return (m, row, col, *_column_statistics(_feature_columns(g, m, inv, debias1, p), g))
+
+
+def _vector_apply(g, m, v, param, debias1, debias2, eps1, eps, p, *network):
+    inv = torch.rsqrt(v / debias2 + eps)
+    return _unit_network(_feature_columns(g, m, inv, debias1, p), param, *network)
+
+
+def _matrix_apply(g, m, row, col, param, debias1, debias2, eps1, eps, p, *network):
+    inv = _factored_inverse(row, col, debias2, eps)
+    return _unit_network(_feature_columns(g, m, inv, debias1, p), param, *network)

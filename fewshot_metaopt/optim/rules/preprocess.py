@@ -79,6 +79,14 @@ def log_sign_preprocess(g: Tensor, p: float = 10.0) -> Tensor:
     return torch.stack([first, second], dim=-1)
 
 
+def log_sign_clamped(g: Tensor, p: float = 10.0) -> tuple[Tensor, Tensor]:
+    """:func:`log_sign_preprocess`'s two components written as clamps, ``max(log|g| / p, -1)``
+    and ``clamp(e^p g, -1, 1)`` (equal values: each branch of the original is the clamp's
+    active side), which a fused kernel evaluates without masks. Its derivative at ``g = 0`` is
+    not finite, so it is for steps without autograd only."""
+    return torch.clamp_min(torch.log(g.abs()) / p, -1.0), torch.clamp(g * math.exp(p), -1.0, 1.0)
+
+
 def safe_sqrt(x: Tensor) -> Tensor:
     """``sqrt(x)`` for ``x >= 0`` with derivative 0 (not ``inf``) where ``x == 0``."""
     positive = x > 0
