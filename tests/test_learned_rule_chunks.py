@@ -230,3 +230,24 @@ def test_bad_evaluation_settings_are_one_line_errors():
         L2ORule(compile=True)
     with pytest.raises(ConfigError, match="chunk_size"):
         CombinerRule([AdamRule()], chunk_size=-1)
+
+
+def test_rule_options_reach_the_rule_and_bad_ones_name_the_key():
+    from fewshot_metaopt import MetaOptimizer, MetaOptimizerConfig
+
+    model = torch.nn.Linear(3, 2)
+    config = MetaOptimizerConfig(method="lstm", lstm_variant="scalable",
+                                 rule_options={"mlp_hidden": 4, "activation": "relu", "chunk_size": 128})
+    rule = MetaOptimizer(model, config).rule
+    assert (rule.mlp_hidden, rule.activation, rule.chunk_size) == (4, "relu", 128)
+    l2o = MetaOptimizer(model, MetaOptimizerConfig(method="l2o", num_layers=1, rule_options={"compile": True})).rule
+    assert l2o.compile
+    with pytest.raises(ConfigError, match="'bogus' is not an option of method 'lstm'"):
+        MetaOptimizer(model, MetaOptimizerConfig(method="lstm", rule_options={"bogus": 1}))
+    with pytest.raises(ConfigError, match="'hidden_size' is set by the config itself"):
+        MetaOptimizer(model, MetaOptimizerConfig(method="l2o", rule_options={"hidden_size": 3}))
+    with pytest.raises(ConfigError, match="'compile' is not an option of method 'meta_sgd'"):
+        MetaOptimizer(model, MetaOptimizerConfig(method="meta_sgd", rule_options={"compile": True}))
+    with pytest.raises(ConfigError, match="rule_options must be a mapping"):
+        MetaOptimizerConfig(rule_options=["compile"])
+    assert MetaOptimizer(model, MetaOptimizerConfig(rule_options={"steps": 2})).rule.lrs.steps == 2

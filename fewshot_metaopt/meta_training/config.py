@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict
 
 from .. import checks
 from ..config_keys import from_mapping
@@ -75,6 +75,10 @@ class MetaOptimizerConfig:
     pes_sigma: ``pes``: standard deviation of the perturbations of the rule's parameters,
         positive.
     pes_seed: ``pes``: seed of the perturbations' own generator (the global RNG is not used).
+    rule_options: further keyword arguments of the rule's constructor, for settings the keys
+        above do not cover, e.g. ``{"mlp_hidden": 4, "activation": "relu", "compile": True}``
+        for a scalable LSTM cheap at 10M+ parameters (docs/benchmarks.md); checked against the
+        constructor when the rule is built.
     """
 
     method: str = "meta_sgd"
@@ -101,6 +105,7 @@ class MetaOptimizerConfig:
     pes_particles: int = 8
     pes_sigma: float = 0.01
     pes_seed: int = 0
+    rule_options: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks.choose("method", self.method, RULES.names())
@@ -129,6 +134,9 @@ class MetaOptimizerConfig:
             checks.positive(name, getattr(self, name))
         checks.integer("pes_particles", self.pes_particles, 1)
         checks.integer("pes_seed", self.pes_seed, 0)
+        if not isinstance(self.rule_options, dict) or not all(isinstance(k, str) for k in self.rule_options):
+            raise checks.ConfigError("rule_options", f"rule_options must be a mapping of option names to values, "
+                                     f"got {self.rule_options!r}")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "MetaOptimizerConfig":
