@@ -26,7 +26,7 @@ a chunked tensor gives the statistics of the whole tensor.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,15 +110,28 @@ class Moments:
         return self.squares / self.count
 
 
+# Each network width, activation, tensor rank and thread count is a graph of its own (the
+# network is written out unit by unit); a process that compares many configurations must not
+# pass dynamo's default of 8 and fall back to eager without a word.
+RECOMPILE_LIMIT = 64
+
+
 class CompiledKernels:
-    """``torch.compile``d versions of a rule's chunk functions, made on first use (compiling
-    takes seconds, so only rules with ``compile=True`` pay it). Dynamic shapes: the last
-    chunk of a tensor is shorter, and tensors differ."""
+    """``torch.compile``d versions of a rule's kernels, made on first use (compiling takes
+    seconds, so only rules with ``compile=True`` pay it). Dynamic shapes: tensors differ.
+    Arguments should be small contiguous tensors of their own (not views), or dynamo guards
+    on their storage offsets and compiles again for every tensor of a model."""
 
     def __init__(self) -> None:
         self._compiled: Dict[Callable, Callable] = {}
 
     def __call__(self, fn: Callable) -> Callable:
         if fn not in self._compiled:
-            self._compiled[fn] = torch.compile(fn, dynamic=True)
+            compiled = torch.compile(fn, dynamic=True)
+
+            def run(*args: Any) -> Any:
+                with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                    return compiled(*args)
+
+            self._compiled[fn] = run
         return self._compiled[fn]

@@ -199,7 +199,7 @@ class L2ORule(UpdateRule):
         come out of the same passes."""
         check_grads(params, grads, check_finite=False)
         dtype = self.mlp[-1].weight.dtype
-        layers = self._folded_layers(step, dtype)
+        layers = [t.contiguous() for t in self._folded_layers(step, dtype)]
         constants = (self.decays, self.rms_decay, self.eps)
         prepared, flags = [], []
         for name, grad in grads.items():

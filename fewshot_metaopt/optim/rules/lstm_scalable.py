@@ -307,8 +307,8 @@ class ScalableLSTMRule(UpdateRule):
         for i, name in enumerate(names):
             p = params[name]
             g, t, m, v, constants, g_abs = prepared[i]
-            network = (self.coord_in.weight, biases[i], self.coord_out.weight, self.coord_out.bias, self.nominal,
-                       scales[i], self.activation)
+            network = (self.coord_in.weight, biases[i].clone(), self.coord_out.weight, self.coord_out.bias,
+                       self.nominal, scales[i].clone(), self.activation)
             if g.dim() < 2:
                 stepped, delta_abs = self._compiled(_vector_apply)(g, m, v, p, *constants[2:], *network)
             else:
