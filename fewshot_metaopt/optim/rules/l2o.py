@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .base import Params, UpdateRule
 from .coordinate_chunks import (
-    DEFAULT_CHUNK_SIZE, CompiledKernels, check_chunking, linear, map_chunks, plain_values, spans,
+    DEFAULT_CHUNK_SIZE, CompiledKernels, check_chunking, linear, map_chunks, plain_values,
 )
 from .preprocess import check_grads, check_init, record_effective_lr, records_to_floats, safe_sqrt
 
@@ -162,10 +162,8 @@ class L2ORule(UpdateRule):
             momenta = tuple(b * m + (1 - b) * g for b, m in zip(self.decays, slot.momenta))
             v = self.rms_decay * slot.v + (1 - self.rms_decay) * g * g
             columns = tuple(c.reshape(-1) for c in (g, p.to(dtype), v, *momenta))
-            squares = sum(
-                _features(*(c[start:stop] for c in columns), eps=self.eps).square().sum(0)
-                for start, stop in spans(g.numel(), self.chunk_size)
-            )
+            # Checkpointed per chunk like the network: the features are not kept for backward.
+            squares = map_chunks(partial(_feature_squares, eps=self.eps), columns, self.chunk_size).sum(0)
             norm = torch.rsqrt(self.norm_eps + squares / g.numel())
             chunk = partial(_l2o_chunk, eps=self.eps, norm=norm, nominal=self.nominal, exp_mult=self.exp_mult,
                             step_mult=self.step_mult, precision=self.network_precision, layers=layers)
@@ -231,6 +229,11 @@ def _features(g: Tensor, p: Tensor, v: Tensor, *momenta: Tensor, eps: float) -> 
     """The ``(coordinates, 4 + 2 * len(decays))`` coordinate features before scaling."""
     inv = torch.rsqrt(v + eps)
     return torch.stack([g, p, *momenta, safe_sqrt(v), g * inv, *(m * inv for m in momenta)], dim=1)
+
+
+def _feature_squares(g: Tensor, p: Tensor, v: Tensor, *momenta: Tensor, eps: float) -> Tensor:
+    """``(1, features)``: each feature's summed square over one chunk."""
+    return _features(g, p, v, *momenta, eps=eps).square().sum(0, keepdim=True)
 
 
 def _l2o_chunk(g: Tensor, p: Tensor, v: Tensor, *momenta: Tensor, eps: float, norm: Tensor, nominal: Tensor,

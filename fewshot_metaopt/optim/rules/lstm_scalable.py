@@ -223,10 +223,12 @@ class ScalableLSTMRule(UpdateRule):
             inv = torch.rsqrt(estimate / (1 - beta2**t) + self.eps)
             flat = (g.reshape(-1), m.reshape(-1), inv.reshape(-1))
             debias = 1 - beta1**t
+            # One row of (mean, summed squared deviations) per chunk, checkpointed like the
+            # network so that the features are not kept for the backward pass either.
+            rows = map_chunks(partial(_moment_row, debias=debias, p=self.preprocess_p), flat, self.chunk_size)
             moments = Moments()
-            for start, stop in spans(g.numel(), self.chunk_size):
-                pieces = (c[start:stop] for c in flat)
-                moments.add(*_feature_moments(*pieces, debias, self.preprocess_p), stop - start)
+            for row, (start, stop) in zip(rows, spans(g.numel(), self.chunk_size)):
+                moments.add(row[:COORD_FEATURES], row[COORD_FEATURES:], stop - start)
             stats.append(self._tensor_summary(moments.mean, moments.variance(), g))
             columns.append((flat, debias))
             accumulators.append((t, m, v))
@@ -333,11 +335,11 @@ def _coordinate_features(g: Tensor, m: Tensor, inv: Tensor, debias: Tensor, p: f
     )
 
 
-def _feature_moments(g: Tensor, m: Tensor, inv: Tensor, debias: Tensor, p: float) -> tuple[Tensor, Tensor]:
-    """Per-feature mean and summed squared deviations of one chunk's features."""
+def _moment_row(g: Tensor, m: Tensor, inv: Tensor, debias: Tensor, p: float) -> Tensor:
+    """``(1, 8)``: per-feature mean and summed squared deviations of one chunk's features."""
     x = _coordinate_features(g, m, inv, debias, p)
     mean = x.mean(0)
-    return mean, (x - mean).square().sum(0)
+    return torch.cat([mean, (x - mean).square().sum(0)]).unsqueeze(0)
 
 
 def _scalable_chunk(g: Tensor, m: Tensor, inv: Tensor, param: Tensor, debias: Tensor, p: float, w_in: Tensor,
