@@ -9,8 +9,9 @@ built: the step a meta-trained optimizer takes when it trains a model. Every con
 and Adam (``torch.optim.Adam`` with its defaults, which is the multi-tensor ``foreach``
 step) take turns, one step each per round, and the figure is the median over
 ``--repeats`` rounds of the **CPU time** of the step (``time.process_time``; with two
-threads it counts both), so other load on the machine shifts all of them alike. The ratio
-is the configuration's median over Adam's median in the same thread count.
+threads it counts both, and the time threads spend waiting for each other), so other load
+on the machine shifts all of them alike; the wall time is printed beside it. The ratio is
+the configuration's median over Adam's median in the same thread count.
 
 Configurations: each rule at its default size and at a small coordinate network, evaluated
 eagerly or compiled (``compile=True``), with float32 or bfloat16 matrix products
@@ -90,10 +91,11 @@ class RuleStep:
         self.step += 1
 
 
-def cpu_seconds(fn: Callable[[], None]) -> float:
-    start = time.process_time()
+def seconds(fn: Callable[[], None]) -> tuple[float, float]:
+    """CPU and wall seconds of ``fn()``."""
+    cpu, wall = time.process_time(), time.perf_counter()
     fn()
-    return time.process_time() - start
+    return time.process_time() - cpu, time.perf_counter() - wall
 
 
 def main() -> None:
@@ -121,12 +123,14 @@ def main() -> None:
         times: Dict[str, list] = {name: [] for name in steps}
         for _ in range(args.repeats):
             for name, step in steps.items():
-                times[name].append(cpu_seconds(step))
-        adam = statistics.median(times["adam (torch.optim)"])
-        print(f"\n{threads} thread(s); CPU seconds per step (median of {args.repeats}), ratio to Adam's step")
-        for name, values in times.items():
-            median = statistics.median(values)
-            print(f"  {name:<42} {median:8.4f} s  {median / adam:7.2f}x", flush=True)
+                times[name].append(seconds(step))
+        medians = {name: [statistics.median(v) for v in zip(*values)] for name, values in times.items()}
+        adam_cpu, adam_wall = medians["adam (torch.optim)"]
+        print(f"\n{threads} thread(s); seconds per step (median of {args.repeats}) and ratio to Adam's step: "
+              f"CPU time, then wall time (wall time depends on the machine's load)")
+        for name, (cpu, wall) in medians.items():
+            print(f"  {name:<42} {cpu:8.4f} s CPU {cpu / adam_cpu:7.2f}x  {wall:8.4f} s wall {wall / adam_wall:7.2f}x",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_step_cost_prints_a_ratio_per_configuration_and_thread_count():
     for name in ["adam (torch.optim)", *rules]:
         lines = [line for line in out.splitlines() if line.strip().startswith(name)]
         assert len(lines) == 2 and all(line.rstrip().endswith("x") for line in lines), out
-    assert out.count(" 1.00x") >= 2  # Adam against itself
+    assert out.count(" 1.00x") >= 4  # Adam against itself, in CPU and wall time
 
 
 def test_meta_training_at_scale_reports_time_and_memory_per_rule(tmp_path):
