@@ -1,7 +1,8 @@
 """ControlMetaOptimizer and ControlRule (seed 003): the M update against an explicit replay
-written out here, M = 0 against torch's SGD with weight decay, replays reproducing the real
-trajectory, improvement across episodes, bounded memory, bit-identical checkpoints, the rule
-in a learner (float64 finite differences), and bad input."""
+written out here, M = 0 against torch's AdamW (and SGD, unscaled) with weight decay, replays
+reproducing the real trajectory, improvement across episodes, bounded memory, bit-identical
+checkpoints, the rule in a learner (float64 finite differences), and bad input. The
+reference's own equations are in test_control_fidelity.py."""
 
 import io
 import math
@@ -13,6 +14,9 @@ from torch import nn
 from torch.func import functional_call
 
 from fewshot_metaopt import GradientMetaLearner, GradientMetaLearnerConfig
+from fewshot_metaopt.datasets import Sinusoid
+from fewshot_metaopt.meta_training import EpisodeTasks
+from fewshot_metaopt.models import mlp
 from fewshot_metaopt.torch_optim import ControlMetaOptimizer
 from fewshot_metaopt.optim import ControlRule
 from learner_fixtures import classification_episodes, tiny_mlp
@@ -106,7 +110,7 @@ def test_m_update_equals_an_explicit_counterfactual_replay(shape, grad_clip, bet
     model, batches = linear_problem(steps)
     opt = ControlMetaOptimizer(
         model, loss_of(model), lr=lr, weight_decay=wd, history=H, rollout=HH, m_shape=shape, m_lr=m_lr,
-        grad_clip=grad_clip, adam_betas=betas,
+        grad_clip=grad_clip, adam_betas=betas, warmup=HH, m_grad_clip=None,
     )
     torch.manual_seed(1)
     with torch.no_grad():
@@ -140,7 +144,9 @@ def test_m_update_equals_an_explicit_counterfactual_replay(shape, grad_clip, bet
 
 def test_with_m_fixed_a_replay_reproduces_the_real_trajectory():
     model, batches = linear_problem(8)
-    opt = ControlMetaOptimizer(model, loss_of(model), lr=0.05, history=4, rollout=3, m_shape="diagonal", m_lr=0.0)
+    opt = ControlMetaOptimizer(
+        model, loss_of(model), lr=0.05, history=4, rollout=3, m_shape="diagonal", m_lr=0.0, warmup=3
+    )
     with torch.no_grad():
         opt.rule.M.normal_(0.0, 0.05)
     for t, batch in enumerate(batches):
@@ -149,14 +155,29 @@ def test_with_m_fixed_a_replay_reproduces_the_real_trajectory():
             assert float(opt.last_counterfactual_loss) == pytest.approx(float(loss), rel=1e-12)
 
 
-# ----------------------------------------------------------------------- M = 0 is SGD
+# ----------------------------------------------------------------------- M = 0 is AdamW, or SGD
 
 
-def test_with_m_zero_it_is_torch_sgd_with_weight_decay():
+def test_with_m_zero_it_is_torch_adamw_at_the_defaults():
     model, batches = linear_problem(12)
     twin = nn.Linear(3, 2).to(F64)
     twin.load_state_dict(model.state_dict())
     opt = ControlMetaOptimizer(model, lr=0.1, weight_decay=1e-3, freeze=True)
+    adamw = torch.optim.AdamW(twin.parameters(), lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-3 / 0.1)
+    for x, y in batches:
+        for m, o in ((model, opt), (twin, adamw)):
+            o.zero_grad()
+            F.mse_loss(m(x), y).backward()
+            o.step()
+        for a, b in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_with_m_zero_and_unscaled_disturbances_it_is_torch_sgd_with_weight_decay():
+    model, batches = linear_problem(12)
+    twin = nn.Linear(3, 2).to(F64)
+    twin.load_state_dict(model.state_dict())
+    opt = ControlMetaOptimizer(model, lr=0.1, weight_decay=1e-3, adam_betas=None, freeze=True)
     sgd = torch.optim.SGD(twin.parameters(), lr=0.1, weight_decay=1e-3 / 0.1)
     for x, y in batches:  # an ordinary loop: the caller's backward, step() without a batch
         for m, o in ((model, opt), (twin, sgd)):
@@ -167,20 +188,28 @@ def test_with_m_zero_it_is_torch_sgd_with_weight_decay():
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
-def test_while_learning_the_first_rollout_steps_are_sgd_too():
-    model, batches = linear_problem(4)
+@pytest.mark.parametrize("warmup, betas", [(None, (0.9, 0.999)), (3, None)])
+def test_while_learning_the_warmup_steps_are_adamw_or_sgd_too(warmup, betas):
+    """M first learns at episode step H + HH (the default, as in the reference) or ``warmup``."""
+    H, HH = 4, 3
+    model, batches = linear_problem(H + HH)
     twin = nn.Linear(3, 2).to(F64)
     twin.load_state_dict(model.state_dict())
-    opt = ControlMetaOptimizer(model, loss_of(model), lr=0.1, weight_decay=1e-3, history=4, rollout=3, m_lr=0.1)
-    sgd = torch.optim.SGD(twin.parameters(), lr=0.1, weight_decay=1e-3 / 0.1)
-    for t in range(3):
+    opt = ControlMetaOptimizer(model, loss_of(model), lr=0.1, weight_decay=1e-3, history=H, rollout=HH, m_lr=0.1,
+                               adam_betas=betas, warmup=warmup)
+    if betas is None:
+        base = torch.optim.SGD(twin.parameters(), lr=0.1, weight_decay=1e-3 / 0.1)
+    else:
+        base = torch.optim.AdamW(twin.parameters(), lr=0.1, betas=betas, weight_decay=1e-3 / 0.1)
+    first = H + HH if warmup is None else warmup
+    for t in range(first):
         opt.step(batches[t])
-        sgd.zero_grad()
+        base.zero_grad()
         loss_of(twin)(dict(twin.named_parameters()), batches[t]).backward()
-        sgd.step()
+        base.step()
         torch.testing.assert_close(flat(model), flat(twin), rtol=1e-12, atol=1e-14)
     assert float(opt.rule.M.detach().abs().max()) == 0.0
-    opt.step(batches[3])  # the first counterfactual update
+    opt.step(batches[first])  # the first counterfactual update
     assert float(opt.rule.M.detach().abs().max()) > 0.0
 
 
@@ -200,7 +229,9 @@ def test_improves_across_episodes_and_ends_below_sgd_with_the_same_step():
     """The seed's claim on a deterministic regression MLP: M kept across three episodes."""
     model, x, y = regression()
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = ControlMetaOptimizer(model, loss_of(model), lr=0.05, history=4, rollout=2, m_lr=1e-3)
+    # The seed's claim is about gradient disturbances, learning from the first possible step.
+    opt = ControlMetaOptimizer(model, loss_of(model), lr=0.05, history=4, rollout=2, m_lr=1e-3, adam_betas=None,
+                               m_grad_clip=None, warmup=2)
     finals = [train_episode(opt, model, init, (x, y), 60) for _ in range(3)]
     model.load_state_dict(init)
     sgd = torch.optim.SGD(model.parameters(), lr=0.05, weight_decay=1e-4 / 0.05)
@@ -214,10 +245,49 @@ def test_improves_across_episodes_and_ends_below_sgd_with_the_same_step():
     assert opt.steps_taken == 180 and opt.episode_steps == 60
 
 
-def test_memory_is_bounded_and_matches_the_documented_sizes():
+def sinusoid_episodes(options, seed, episodes, steps):
+    """The benchmark's sinusoid MLP (1-40-40-1, 50 points, full batch): the final loss of each
+    episode from the same start, M kept; and the initial loss."""
+    family = EpisodeTasks(Sinusoid(), lambda: mlp(1, 1), ways=1, shots=50)
+    task = family.sample(torch.Generator().manual_seed(seed))
+    params = {name: nn.Parameter(p.detach().clone()) for name, p in task.params.items()}
+    opt = ControlMetaOptimizer(list(params.items()), lambda p, batch: task.loss(p), **options)
+    with torch.no_grad():
+        initial = float(task.loss(params))
+    finals = []
+    for _ in range(episodes):
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(task.params[name])
+        opt.start_episode()
+        for _ in range(steps):
+            opt.step(())
+        with torch.no_grad():
+            finals.append(float(task.loss(params)))
+    return initial, finals, opt
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_defaults_do_not_diverge_on_the_sinusoid_mlp(seed):
+    initial, finals, opt = sinusoid_episodes({}, seed, episodes=3, steps=100)
+    assert all(math.isfinite(f) and f < 0.1 * initial for f in finals), (initial, finals)
+    assert float(opt.rule.M.detach().abs().max()) > 0.0  # M learned: the replays ran
+
+
+def test_the_old_unscaled_unclipped_configuration_diverges_there():
+    """Why the defaults changed: raw gradients as disturbances, M's gradient unclipped and
+    learning from step HH blow up on the same MLP with a larger M step."""
+    old = {"adam_betas": None, "m_grad_clip": None, "warmup": 2, "m_lr": 1e-3}
+    with pytest.raises(ValueError, match="is (nan|inf) at step"):
+        sinusoid_episodes(old, 0, episodes=1, steps=100)
+
+
+@pytest.mark.parametrize("replay", ["exact", "reference"])
+def test_memory_is_bounded_and_matches_the_documented_sizes(replay):
     H, HH, P = 5, 2, 8
     model, batches = linear_problem(20)
-    opt = ControlMetaOptimizer(model, loss_of(model), history=H, rollout=HH, m_shape="diagonal", adam_betas=(0.9, 0.99))
+    opt = ControlMetaOptimizer(model, loss_of(model), history=H, rollout=HH, m_shape="diagonal",
+                               adam_betas=(0.9, 0.99), replay=replay)
     sizes = []
     for t, batch in enumerate(batches):
         opt.step(batch)
@@ -225,11 +295,12 @@ def test_memory_is_bounded_and_matches_the_documented_sizes():
             sizes.append(opt.memory_bytes())
     assert all(s == sizes[0] for s in sizes)
     batch_bytes = sum(t.numel() * 8 for t in batches[0])
+    exact = replay == "exact"
     assert sizes[0] == {
         "M": H * P * 8,
-        "disturbances": (H + HH - 1) * P * 8,
+        "disturbances": (H + HH - exact) * P * 8,
         "parameters": HH * P * 8,
-        "rescaler": 2 * (HH + 1) * P * 8,
+        "rescaler": 2 * (HH + 1 if exact else 1) * P * 8,
         "batches": HH * batch_bytes,
     }
     opt.start_episode()
@@ -237,10 +308,11 @@ def test_memory_is_bounded_and_matches_the_documented_sizes():
     assert opt.rule.M.abs().sum() > 0  # M survives the new episode
 
 
-def test_state_dict_round_trip_continues_bit_identically():
+@pytest.mark.parametrize("replay", ["exact", "reference"])
+def test_state_dict_round_trip_continues_bit_identically(replay):
     model, batches = linear_problem(12)
     options = dict(lr=0.05, history=3, rollout=2, m_shape="diagonal", m_lr=1e-2, m_optimizer="adam",
-                   adam_betas=(0.9, 0.99), grad_clip=1.0, m_grad_clip=0.1)
+                   adam_betas=(0.9, 0.99), grad_clip=1.0, m_grad_clip=0.1, warmup=3, replay=replay)
     opt = ControlMetaOptimizer(model.named_parameters(), loss_of(model), **options)
     for batch in batches[:5]:
         opt.step(batch)
@@ -261,6 +333,9 @@ def test_state_dict_round_trip_continues_bit_identically():
         assert torch.equal(flat(fresh), theta) and torch.equal(again.rule.M.detach(), M)
     with pytest.raises(ValueError, match="saved with history=3, this optimizer has history=4"):
         ControlMetaOptimizer(fresh, loss_of(fresh), **{**options, "history": 4}).load_state_dict(saved["opt"])
+    other = "reference" if replay == "exact" else "exact"
+    with pytest.raises(ValueError, match=f"saved with replay='{replay}', this optimizer has replay='{other}'"):
+        ControlMetaOptimizer(fresh, loss_of(fresh), **{**options, "replay": other}).load_state_dict(saved["opt"])
 
 
 # ----------------------------------------------------------------------- the rule
@@ -320,6 +395,9 @@ def test_scalar_diagonal_and_full_m_agree_when_they_describe_the_same_control():
         ({"m_lr": -1e-5}, r"m_lr in \[0.0, inf\], got -1e-05"),
         ({"m_optimizer": "lbfgs"}, "unknown ControlMetaOptimizer m_optimizer 'lbfgs'"),
         ({"m_grad_clip": -1.0}, "positive m_grad_clip, got -1.0"),
+        ({"warmup": 1}, "ControlMetaOptimizer needs an integer warmup >= 2, got 1"),
+        ({"warmup": 2.5}, "ControlMetaOptimizer needs an integer warmup >= 2, got 2.5"),
+        ({"replay": "jax"}, "unknown ControlRule replay 'jax'; choose one of exact, reference"),
     ],
 )
 def test_bad_hyperparameters_are_one_line_errors_naming_the_value(kwargs, message):

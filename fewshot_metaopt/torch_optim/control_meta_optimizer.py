@@ -1,5 +1,6 @@
 """``ControlMetaOptimizer``: meta-optimization by nonstochastic control as a ``torch.optim``
-optimizer (Chen, Hazan et al. 2023; their code is JAX only).
+optimizer (Chen & Hazan 2023, "Online Control for Meta-optimization", NeurIPS; the public
+implementation, ``edogariu/meta_opt``, is JAX only).
 
 It learns ``M`` by replaying past steps on their batches, so it needs the loss as a function
 of the parameters and a batch, not only a closure:
@@ -14,17 +15,26 @@ of the parameters and a batch, not only a closure:
 ...     for batch in loader:
 ...         loss = opt.step(batch)
 
-Each ``step(batch)``: the loss and gradients at the current parameters; once ``HH`` steps of
-the episode are recorded, one counterfactual rollout and one step of the M-optimizer
-(:mod:`~fewshot_metaopt.optim.control_replay`); then the update of
+Each ``step(batch)``: the loss and gradients at the current parameters; from episode step
+``warmup`` on (``H + HH`` by default, as in the reference: every replayed window then holds
+real disturbances), one counterfactual rollout and one step of the M-optimizer
+(:mod:`~fewshot_metaopt.torch_optim.counterfactual_replay`); then the update of
 :class:`~fewshot_metaopt.optim.rules.control.ControlRule` with the new ``M``. ``M`` and its
 optimizer persist across episodes; :meth:`start_episode` clears the rest.
 ``freeze=True`` plays the learned ``M`` without learning (no ``loss_fn`` needed): ``step()``
 then also takes the ``.grad`` the caller computed, in an ordinary loop.
 
+The defaults rescale disturbances as Adam does (betas 0.9, 0.999, as in the reference's
+Adam-scaled configurations) and clip M's gradient elementwise at 10 (the reference's
+``meta_grad_clip``): with raw gradients as disturbances the base step is SGD at ``lr`` and M's
+gradient grows with the squared gradient norm, which diverged on the benchmark's sinusoid MLP
+at both M step sizes measured (1e-5 and 1e-3; see docs/torch_optim.md).
+``adam_betas=None, m_grad_clip=None, warmup=HH`` is the optimizer as it was before.
+
 Memory, fixed however long it runs (``P`` coordinates): ``(H + HH - 1) P`` disturbances,
 ``HH P`` replay parameters, ``HH`` batches, ``M`` (``H``, ``H P`` or ``H P^2`` numbers), and
-``2 (HH + 1) P`` with Adam-rescaled disturbances; :meth:`memory_bytes` measures it.
+``2 (HH + 1) P`` for the Adam rescaler's moments (``replay="reference"``: ``(H + HH) P``
+disturbances and ``2 P`` moments); :meth:`memory_bytes` measures it.
 Checkpoints hold the stored batches too, so they must be picklable for ``torch.save``.
 """
 
@@ -54,9 +64,16 @@ class ControlMetaOptimizer(RuleOptimizer):
         params: named parameters or a module (``loss_fn`` receives them by these names).
         loss_fn: ``loss_fn(params, batch) -> loss`` for a dict of parameters; needed to learn.
         lr, weight_decay, history (H), rollout (HH), m_shape, grad_clip, adam_betas: the
-            played update (:class:`ControlRule`); defaults as in Chen, Hazan et al. 2023.
+            played update (:class:`ControlRule`). lr 0.1, wd 1e-4, H 16, HH 2, a scalar M and
+            SGD 1e-5 for M are the reference's configuration for its SGD-based runs; the
+            Adam-scaled disturbances come from its Adam-scaled runs (see docs/torch_optim.md).
         m_lr, m_optimizer: the optimizer of ``M`` (``sgd`` or ``adam``).
         m_grad_clip: clip M's gradient elementwise (``None``: off).
+        warmup: episode steps before M first learns (``None``: ``H + HH``, as in the
+            reference; at least ``HH``, the steps a replay needs).
+        replay: ``exact`` (a replay with M unchanged is the played trajectory) or
+            ``reference`` (the authors' replay; see
+            :mod:`~fewshot_metaopt.torch_optim.counterfactual_replay`).
         freeze: play ``M`` without learning it.
         check_finite: raise on NaN/Inf gradients.
     """
@@ -72,9 +89,11 @@ class ControlMetaOptimizer(RuleOptimizer):
         m_shape: str = "scalar",
         m_lr: float = 1e-5,
         m_optimizer: str = "sgd",
-        m_grad_clip: float | None = None,
+        m_grad_clip: float | None = 10.0,
         grad_clip: float | None = None,
-        adam_betas: Sequence[float] | None = None,
+        adam_betas: Sequence[float] | None = (0.9, 0.999),
+        warmup: int | None = None,
+        replay: str = "exact",
         freeze: bool = False,
         check_finite: bool = True,
     ) -> None:
@@ -91,8 +110,13 @@ class ControlMetaOptimizer(RuleOptimizer):
         self.rule = ControlRule(
             {name: p.shape for name, p in params.items()}, lr=lr, weight_decay=weight_decay, history=history,
             rollout=rollout, m_shape=m_shape, grad_clip=grad_clip,
-            adam_betas=None if adam_betas is None else tuple(adam_betas), check_finite=check_finite,
+            adam_betas=None if adam_betas is None else tuple(adam_betas), replay=replay, check_finite=check_finite,
         ).to(device=reference.device, dtype=reference.dtype)
+        rollout = self.rule.rollout
+        if warmup is None:
+            self.warmup = self.rule.history + rollout
+        else:
+            self.warmup = checks.integer("warmup", warmup, rollout, owner)
         m_lr = checks.real("m_lr", m_lr, 0.0, math.inf, owner=owner)
         self.m_optimizer_name = checks.choose(f"{owner} m_optimizer", m_optimizer, OUTER_OPTIMIZERS.names())
         self.m_optimizer = OUTER_OPTIMIZERS[m_optimizer]([self.rule.M], lr=m_lr)
@@ -143,10 +167,12 @@ class ControlMetaOptimizer(RuleOptimizer):
         loss, grads = self._gradients(batch)
         params = {name: p.detach() for name, p in self.named_params().items()}
         state = self.rule_state if self.rule_state is not None else self.rule.init(params)
-        if not self.freeze and len(self.records) == self.rule.rollout:
+        if not self.freeze and self.episode_steps >= self.warmup:
             self._learn(state, batch)
         if not self.freeze:
-            self.records.append(ReplayRecord(self.rule.flatten(params), batch, state.rescaler))
+            # The reference replay continues the current rescaler state: the recorded one is unused.
+            rescaler = state.rescaler if self.rule.replay == "exact" else None
+            self.records.append(ReplayRecord(self.rule.flatten(params), batch, rescaler))
         new, state = step_rule(self.rule, params, grads, state, self.episode_steps, loss)
         self.write(new)
         self.rule_state = detached_tree(state)
@@ -157,7 +183,7 @@ class ControlMetaOptimizer(RuleOptimizer):
     def _learn(self, state: Any, batch: Any) -> None:
         """One counterfactual rollout and one step of the M-optimizer."""
         with torch.enable_grad():
-            cost = counterfactual_loss(self.rule, self.loss_fn, list(self.records), state.history, batch)
+            cost = counterfactual_loss(self.rule, self.loss_fn, list(self.records), state, batch)
             value = float(cost.detach())
             if not math.isfinite(value):
                 raise ValueError(
@@ -165,10 +191,11 @@ class ControlMetaOptimizer(RuleOptimizer):
                     "M was not updated (lower m_lr or set m_grad_clip)"
                 )
             (grad,) = torch.autograd.grad(cost, [self.rule.M])
-        if self.m_grad_clip is not None:
-            grad = grad.clamp(-self.m_grad_clip, self.m_grad_clip)
+        # Checked before clipping, which would turn an infinite slope into a finite step.
         if not bool(torch.isfinite(grad).all()):
             raise ValueError(f"ControlMetaOptimizer: M's gradient has non-finite values at step {self.steps_taken}")
+        if self.m_grad_clip is not None:
+            grad = grad.clamp(-self.m_grad_clip, self.m_grad_clip)
         self.rule.M.grad = grad
         self.m_optimizer.step()
         self.rule.M.grad = None
@@ -201,6 +228,8 @@ class ControlMetaOptimizer(RuleOptimizer):
             "grad_clip": rule.grad_clip,
             "adam_betas": None if rule.rescaler is None else list(rule.rescaler.betas),
             "m_optimizer": self.m_optimizer_name,
+            "warmup": self.warmup,
+            "replay": rule.replay,
         }
 
     def extra_state(self) -> dict[str, Any]:

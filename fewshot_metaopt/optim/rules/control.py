@@ -1,23 +1,30 @@
-"""The update played by nonstochastic-control meta-optimization (Chen, Hazan et al. 2023).
+"""The update played by nonstochastic-control meta-optimization (Chen & Hazan 2023, "Online
+Control for Meta-optimization"; reference code: ``make_jax_metaopt`` in
+``meta_opt/optimizers/metaopt.py`` of the public JAX implementation ``edogariu/meta_opt``, July
+2024; docs/torch_optim.md compares the two).
 
 All parameters are handled as one flat vector ``theta`` of ``P`` coordinates (the
 concatenation of the tensors in order). With gradient ``g_t``::
 
     w_t      = rescale(clip(g_t))                   the disturbance: clip elementwise to
-                                                    [-grad_clip, grad_clip], then optionally
+                                                    [-grad_clip, grad_clip], then (by default)
                                                     Adam's m_hat / (sqrt(v_hat) + eps)
     theta'   = theta - wd * theta - lr * w_t + sum_{i<H} M_i w_{t-i}
 
-``M`` starts at zero (so the untrained rule is SGD with decoupled weight decay:
-``torch.optim.SGD(lr=lr, weight_decay=wd / lr)``) and is ``(H,)`` (``"scalar"``: one number per
-history slot), ``(H, P)`` (``"diagonal"``) or ``(H, P, P)`` (``"full"``, refused above
-``FULL_M_LIMIT`` numbers). It is an ``nn.Parameter`` of the rule, learned by counterfactual
-rollouts (:mod:`fewshot_metaopt.optim.control_replay`) or by any outer loop.
+as in the reference, whose weight decay is decoupled and stays out of the disturbance (an
+older version of that code, ``jax_meta_opt``, added it to the gradient before rescaling).
+``M`` starts at zero, where the rule is ``torch.optim.AdamW(lr, betas, eps, weight_decay=wd /
+lr)`` (with ``adam_betas=None``: ``torch.optim.SGD(lr, weight_decay=wd / lr)``). ``M`` is
+``(H,)`` (``"scalar"``: one number per history slot), ``(H, P)`` (``"diagonal"``) or ``(H, P, P)``
+(``"full"``, refused above ``FULL_M_LIMIT`` numbers); ``M_0`` multiplies the newest
+disturbance (the reference indexes the other way round). It is an ``nn.Parameter`` of the
+rule, learned by counterfactual rollouts
+(:mod:`fewshot_metaopt.torch_optim.counterfactual_replay`) or by any outer loop.
 
-The state keeps the last ``H + HH - 1`` disturbances, newest first: the update reads the
-first ``H``; the extra ``HH - 1`` let a replay of the last ``HH`` steps see the window each of
-those steps saw. :meth:`ControlRule.play` is the one formula both the update and the replay use.
-The weight decay is per step, not scaled by the lr, as in the reference implementation.
+The state keeps the last ``H + HH - 1`` disturbances, newest first (``H + HH`` with
+``replay="reference"``): the update reads the first ``H``; the others let a replay of the last
+``HH`` steps see the windows those steps are replayed with. :meth:`ControlRule.play` is the
+one formula both the update and the replay use.
 """
 
 from __future__ import annotations
@@ -34,12 +41,16 @@ from .base import Params, UpdateRule
 from .preprocess import check_grads
 
 M_SHAPES = ("scalar", "diagonal", "full")
+# "exact": a replay with M unchanged is the played trajectory; "reference": the authors' code,
+# whose replays read windows one step older and continue the rescaler from its current state.
+REPLAYS = ("exact", "reference")
 FULL_M_LIMIT = 2**24  # numbers in a full M (64 MiB in float32): H * P^2 grows past any GPU fast
 FLAT = "w"  # the name the disturbance rescaler (an AdamRule) keys its one flat tensor by
 
 
 class ControlState(NamedTuple):
-    """Recent disturbances ``(H + HH - 1, P)``, newest first; the rescaler's state (or None)."""
+    """Recent disturbances (``H + HH - 1`` rows of ``P``, one more for ``replay="reference"``),
+    newest first; the rescaler's state (or None)."""
 
     history: Tensor
     rescaler: Any
@@ -55,8 +66,12 @@ class ControlRule(UpdateRule):
             repeats (``1 <= HH <= H``).
         m_shape: ``scalar``, ``diagonal`` or ``full``.
         grad_clip: clip gradients elementwise before they become disturbances (``None``: off).
-        adam_betas: rescale disturbances as Adam does, with these betas (``None``: off).
-        eps: Adam's epsilon when rescaling. check_finite: raise on NaN/Inf gradients.
+        adam_betas: rescale disturbances as Adam does, with these betas (``None``: off, the
+            disturbance is the gradient). eps: Adam's epsilon when rescaling.
+        replay: ``exact`` or ``reference``, how counterfactual replays read the history (see
+            :mod:`~fewshot_metaopt.torch_optim.counterfactual_replay`); ``reference`` keeps
+            one more disturbance.
+        check_finite: raise on NaN/Inf gradients.
     """
 
     def __init__(
@@ -68,8 +83,9 @@ class ControlRule(UpdateRule):
         rollout: int = 2,
         m_shape: str = "scalar",
         grad_clip: float | None = None,
-        adam_betas: tuple[float, float] | None = None,
+        adam_betas: tuple[float, float] | None = (0.9, 0.999),
         eps: float = 1e-8,
+        replay: str = "exact",
         check_finite: bool = True,
     ) -> None:
         super().__init__()
@@ -83,6 +99,9 @@ class ControlRule(UpdateRule):
         if m_shape not in M_SHAPES:
             raise ValueError(f"unknown ControlRule m_shape {m_shape!r}; choose one of {', '.join(M_SHAPES)}")
         self.m_shape = m_shape
+        if replay not in REPLAYS:
+            raise ValueError(f"unknown ControlRule replay {replay!r}; choose one of {', '.join(REPLAYS)}")
+        self.replay = replay
         self.grad_clip = checks.optional_positive("grad_clip", grad_clip, owner=owner)
         self.names = list(shapes)
         if not self.names:
@@ -122,7 +141,7 @@ class ControlRule(UpdateRule):
 
     def init(self, params: Params) -> ControlState:
         like = self.flatten(params)
-        rows = self.history + self.rollout - 1
+        rows = self.history + self.rollout - (self.replay == "exact")
         history = like.new_zeros(rows, like.numel())
         rescaler = self.rescaler.init({FLAT: torch.zeros_like(like)}) if self.rescaler is not None else None
         return ControlState(history, rescaler)
