@@ -253,6 +253,15 @@ class Validation:
         return sum(a / r for a, r in zip(areas, self.reference)) / len(areas)
 
 
+def release_finished_particles(mo: MetaOptimizer, args) -> None:
+    """PES refuses a network of another shape while it holds particle pairs, finished ones
+    too; a finished pair restarts from scratch at the next call anyway, so forgetting it
+    changes nothing but lets the next draw of the mixture bring another architecture."""
+    if args.outer_trainer == "pes":
+        trainer = mo.outer_trainer
+        trainer.pairs = [None if pair is not None and pair.steps >= args.steps else pair for pair in trainer.pairs]
+
+
 def meta_train(name: str, seed: int, lr: float, mixture: TaskMixture, args, work: Work) -> tuple[UpdateRule, dict]:
     """The rule ``name`` meta-trained with seed ``seed`` (resumed from its checkpoint in the
     work folder when there is one); returns the best-validated rule and the run's log."""
@@ -286,8 +295,11 @@ def meta_train(name: str, seed: int, lr: float, mixture: TaskMixture, args, work
     while done < args.meta_iterations and log["stopped"] is None:
         chunk = min(args.validate_every, args.meta_iterations - done)
         try:
-            history = meta_train_on_mixture(mo, mixture, chunk, args.meta_batch, seed=seed, first_step=done,
-                                            calls_per_draw=calls)
+            history = []
+            for step in range(done, done + chunk):
+                history += meta_train_on_mixture(mo, mixture, 1, args.meta_batch, seed=seed, first_step=step,
+                                                 calls_per_draw=calls)
+                release_finished_particles(mo, args)
         except FloatingPointError as err:
             log["stopped"] = f"meta-steps {done}..{done + chunk - 1}: {err}"
             print(f"  {name}, seed {seed}: {log['stopped']}; keeping the best rule so far", flush=True)
@@ -357,7 +369,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--unroll", type=int, default=20, help="truncated-BPTT window")
     parser.add_argument("--target", type=float, default=0.1, help="the training loss to reach")
     parser.add_argument("--meta-train-on", default="mix", choices=list(MIXTURES))
-    parser.add_argument("--meta-iterations", type=int, default=200)
+    parser.add_argument("--meta-iterations", type=int, default=150)
     parser.add_argument("--meta-batch", type=int, default=1, help="episodes per meta-step (all of one pair)")
     parser.add_argument("--meta-lr", type=float, default=1e-3)
     parser.add_argument("--outer-trainer", default="tbptt", choices=OUTER_TRAINERS)

@@ -59,6 +59,15 @@ def test_learned_vs_adam_resumes_from_its_work_folder(tmp_path):
     assert "past --meta-iterations 2; training afresh" in run_script(*shorter)
 
 
+def test_learned_vs_adam_meta_trains_with_pes_across_architectures_of_the_mixture(tmp_path):
+    out = run_script("benchmarks/learned_vs_adam.py", "--threads", "1", "--data-root", str(tmp_path / "absent"),
+                     "--ways", "3", "--shots", "2", "--regression-shots", "3", "--steps", "4", "--unroll", "2",
+                     "--meta-iterations", "8", "--validate-every", "3", "--validation-tasks", "1", "--test-tasks", "2",
+                     "--tune-tasks", "1", "--seeds", "0", "--rules", "l2o", "--outer-trainer", "pes",
+                     "--pes-particles", "2", "--meta-batch", "2", "--bootstrap", "20", "--architectures", "conv4-16")
+    assert "'mix', pes" in out and "l2o, seed 0: meta-step 8" in out
+
+
 @pytest.mark.skipif(not (OMNIGLOT / "images_background.zip").exists() and not (OMNIGLOT / "images_background").is_dir(),
                     reason="needs Omniglot in ../shared/data/omniglot")
 def test_warp_grad_long_adaptation_setting_runs_its_baselines():
