@@ -291,3 +291,15 @@ def test_truncated_bptt_training_state_round_trips():
     target = pes_optimizer(outer_trainer="tbptt")
     target.load_training_state_dict(state)
     assert source.meta_train_step(episodes_for(1)) == target.meta_train_step(episodes_for(1))
+
+
+def test_another_architecture_is_taken_once_every_pair_has_finished_its_episode():
+    """A mixture switches architectures between episodes: pairs whose episode is done restart
+    on the model passed, and only runs still in flight must match it."""
+    mo = pes_optimizer("l2o")
+    for call in range(3):  # windows of 2, 2 and 1 steps: every pair's episode is done
+        mo.meta_train_step(episodes_for(call))
+    assert all(pair.steps == 5 for pair in mo.outer_trainer.pairs)
+    wider = mlp(3, 2, hidden=(5,)).double()
+    mo.meta_train_step(episodes_for(3), wider)
+    assert all(tuple(pair.plus.weights["0.weight"].shape) == (5, 3) for pair in mo.outer_trainer.pairs)

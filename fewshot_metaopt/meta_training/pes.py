@@ -197,7 +197,10 @@ class PersistentES:
         )
 
     def _check_model(self, start: Params) -> None:
-        running = next((pair for pair in self.pairs if pair is not None), None)
+        # Pairs whose episode is done restart on this call's model, so only runs still in
+        # flight must match it (a mixture switches architectures between episodes).
+        running = next((pair for pair in self.pairs
+                        if pair is not None and pair.steps < self.config.inner_steps), None)
         if running is None:
             return
         shapes = {name: tuple(w.shape) for name, w in running.plus.weights.items()}
