@@ -18,8 +18,9 @@ setting for the baselines). Then, per problem:
 * seed 002 — AdaptiveSGDWithTape with the tuned SGD lr as its base: untrained (= that SGD),
   and after ``meta_train_on_tasks`` on other tasks of the same family (20 inner steps);
 * seed 003 — ControlMetaOptimizer over ``--episodes`` consecutive training runs from the same
-  start, M kept between them: the seed's defaults (lr 0.1, wd 1e-4, H 16, HH 2, M-optimizer
-  SGD 1e-5), the same with m_lr 1e-3, and with the tuned SGD lr and m_lr 1e-3.
+  start, M kept between them: its defaults (lr 0.1, wd 1e-4, H 16, HH 2, Adam-scaled
+  disturbances, M-optimizer SGD 1e-5 with M's gradient clipped at 10, M learning from step
+  H + HH), the same with m_lr 1e-3, and with the tuned Adam lr and m_lr 1e-3.
 
 Reported: the median (over seeds) final loss after ``--steps`` steps, and the median number of
 steps to reach the target (``--target`` x the initial loss; "-" when half the seeds or more
@@ -193,7 +194,8 @@ def main() -> None:
         for label, options in (
             ("defaults (m_lr 1e-5)", {}),
             ("m_lr 1e-3", {"m_lr": 1e-3}),
-            (f"lr {sgd_lr:g} (tuned SGD's), m_lr 1e-3", {"lr": sgd_lr, "m_lr": 1e-3}),
+            # The played step is Adam's (Adam-scaled disturbances), so its tuned lr is Adam's.
+            (f"lr {adam_lr:g} (tuned Adam's), m_lr 1e-3", {"lr": adam_lr, "m_lr": 1e-3}),
         ):
             finals = [[] for _ in range(args.episodes)]
             start = time.perf_counter()
