@@ -21,7 +21,6 @@ eagerly or compiled (``compile=True``), with float32 or bfloat16 matrix products
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from typing import Callable, Dict
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from fewshot_metaopt.optim import L2ORule, ScalableLSTMRule
+from precision import machine
 
 CONFIGS: Dict[str, Callable[[dict], object]] = {}
 
@@ -55,18 +55,6 @@ for how, kw in EVALUATIONS.items():
             continue  # compiled kernels take at most one hidden layer
         config(f"l2o ({width}x{layers}), {how}")(
             lambda params, kw=kw, width=width, layers=layers: L2ORule(hidden_size=width, hidden_layers=layers, **kw))
-
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 class AdamStep:
@@ -111,7 +99,7 @@ def main() -> None:
     params = {n: p.detach() for n, p in model.named_parameters()}
     grads = {n: torch.randn_like(p) * 1e-3 for n, p in params.items()}
     count = sum(p.numel() for p in params.values())
-    print(f"{args.layers} x {args.width}^2 linear layers: {count / 1e6:.2f}M parameters; torch {torch.__version__}; "
+    print(f"{args.layers} x {args.width}^2 linear layers: {count / 1e6:.2f}M parameters; "
           f"{machine()}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     for threads in args.threads:
         torch.set_num_threads(threads)

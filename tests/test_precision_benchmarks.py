@@ -2,19 +2,8 @@
 data (Glyphs; no real Omniglot needed) and print what their docs publish."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_script(*args: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+from script_runner import run_script
 
 
 def test_precision_gradients_and_lowerings_at_toy_size(tmp_path):
