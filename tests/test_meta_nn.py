@@ -185,6 +185,28 @@ def test_state_dict_round_trip_continues_bit_identically():
     assert all(torch.equal(a, b) for a, b in zip(opt.rule.parameters(), again.rule.parameters()))
 
 
+def test_a_new_episode_keeps_the_learned_mlp_and_restarts_the_pool_rules():
+    """After start_episode the combiner steps like a fresh one holding the MLP learned so far:
+    Adam's moments and bias correction start over, the MLP and its Adam state carry on."""
+    model, x, y = regression()
+    opt = MetaNNCombiner(model.parameters(), sgd_lr=0.1, adam_lr=0.01, meta_lr=1e-2)
+    start = copy.deepcopy(model.state_dict())
+    run_steps(opt, model, x, y, 4)
+    learned = copy.deepcopy(opt.rule.state_dict())
+    meta_state = copy.deepcopy(opt.meta_optimizer.state_dict())
+    model.load_state_dict(start)
+    opt.start_episode()
+    assert opt.episode_steps == 0 and opt.steps_taken == 4 and opt.rule_state is None
+    assert all(torch.equal(a, b) for a, b in zip(learned.values(), opt.rule.state_dict().values()))
+
+    twin, _, _ = regression()
+    fresh = MetaNNCombiner(twin.parameters(), sgd_lr=0.1, adam_lr=0.01, meta_lr=1e-2)
+    fresh.rule.load_state_dict(learned)
+    fresh.meta_optimizer.load_state_dict(meta_state)
+    for want, got in zip(run_steps(fresh, twin, x, y, 3), run_steps(opt, model, x, y, 3)):
+        assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
 def test_state_dict_is_a_snapshot_not_a_view():
     model, x, y = regression()
     opt = MetaNNCombiner(model.parameters(), meta_lr=1e-2)

@@ -203,6 +203,35 @@ def test_state_dict_round_trip_continues_bit_identically():
         AdaptiveSGDWithTape(fresh.parameters(), lr=0.1, momentum=0.5, slots=8).load_state_dict(saved["opt"])
 
 
+def test_a_new_episode_clears_the_tape_and_momentum_and_keeps_the_rule():
+    """start_episode: the next steps equal those of a fresh optimizer with the same rule."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    rule = random_rule(lr=0.1, momentum=0.5)
+    opt = AdaptiveSGDWithTape(model.parameters(), rule=rule)
+
+    def run(opt, steps):
+        out = []
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step(loss=loss)
+            out.append([p.detach().clone() for p in model.parameters()])
+        return out
+
+    run(opt, 3)
+    model.load_state_dict(start)
+    opt.start_episode()
+    again = run(opt, 3)
+    model.load_state_dict(start)
+    first = run(AdaptiveSGDWithTape(model.parameters(), rule=rule), 3)
+    for want, got in zip(first, again):
+        assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
 # ----------------------------------------------------------------------- task families
 
 

@@ -128,14 +128,12 @@ class ControlMetaOptimizer(RuleOptimizer):
             raise ValueError(f"{owner} loss_fn must be callable, got {type(loss_fn).__name__}")
         self.loss_fn = loss_fn
         self.records: deque[ReplayRecord] = deque(maxlen=self.rule.rollout)
-        self.episode_steps = 0
         self.last_counterfactual_loss: Tensor | None = None
 
     def start_episode(self) -> None:
         """Forget the histories (a new training run starts); keep ``M`` and its optimizer."""
-        self.rule_state = None
+        super().start_episode()
         self.records.clear()
-        self.episode_steps = 0
 
     def _gradients(self, batch: Any) -> tuple[Tensor | None, dict[str, Tensor]]:
         params = self.named_params()

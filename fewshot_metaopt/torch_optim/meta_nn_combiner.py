@@ -124,13 +124,14 @@ class MetaNNCombiner(RuleOptimizer):
         before = {name: p.detach().clone() for name, p in self.named_params().items()}
         with torch.set_grad_enabled(self.learn):
             new, state = step_rule(self.rule, before, {n: g.detach() for n, g in grads.items()}, self.rule_state,
-                                   self.steps_taken, loss)
+                                   self.episode_steps, loss)
         updated = {name: new[name] for name in grads}
         self.write(updated)
         if self.learn:
             self._meta_step(closure, updated, before)
         self.rule_state = detached_tree(state)
         self.steps_taken += 1
+        self.episode_steps += 1
         return loss
 
     def _meta_step(self, closure: Callable[[], Tensor], updated: dict[str, Tensor], before: dict[str, Tensor]) -> None:

@@ -78,6 +78,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.rule = rule
         self.rule_state: Any = None
         self.steps_taken = 0
+        # Steps of the current training run (start_episode restarts it): the rule's step index,
+        # which drives bias corrections and schedules; steps_taken counts every step.
+        self.episode_steps = 0
 
     @property
     def step_count(self) -> int:
@@ -111,6 +114,13 @@ class RuleOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{self.owner}: the loss is {value} at step {self.steps_taken}")
         return loss.detach().reshape(())
 
+    def start_episode(self) -> None:
+        """Start a new training run on the same parameters (re-initialised by the caller): the
+        per-run state (moments, memories, the step count) is cleared, what the optimizer has
+        learned (the rule's weights, their optimizer) is kept."""
+        self.rule_state = None
+        self.episode_steps = 0
+
     # ------------------------------------------------------------------------- stepping
 
     @torch.no_grad()
@@ -127,10 +137,11 @@ class RuleOptimizer(torch.optim.Optimizer):
     def apply_rule(self, grads: Params, loss: Tensor | None) -> None:
         """One rule step on ``grads``, written into the parameters; the state is kept detached."""
         params = self.named_params()
-        new, state = step_rule(self.rule, params, grads, self.rule_state, self.steps_taken, loss)
+        new, state = step_rule(self.rule, params, grads, self.rule_state, self.episode_steps, loss)
         self.write({name: new[name] for name in grads})
         self.rule_state = detached_tree(state)
         self.steps_taken += 1
+        self.episode_steps += 1
 
     # ------------------------------------------------------------------------- saving
 
@@ -147,7 +158,8 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        extra = {"hyperparameters": self.hyperparameters(), "steps_taken": self.steps_taken}
+        extra = {"hyperparameters": self.hyperparameters(), "steps_taken": self.steps_taken,
+                 "episode_steps": self.episode_steps}
         extra.update(self.extra_state())
         state[EXTRA] = copy.deepcopy(extra)
         return state
@@ -165,6 +177,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                 )
         super().load_state_dict(state_dict)
         self.steps_taken = int(extra["steps_taken"])
+        # States saved before episodes existed were all one run.
+        self.episode_steps = int(extra.get("episode_steps", self.steps_taken))
         self.load_extra_state(extra)
 
 
