@@ -33,7 +33,8 @@ def add_parser(commands) -> None:
     parser = commands.add_parser("train", help="meta-train a task; ends with test accuracy ± 95%% CI",
                                  description=DESCRIPTION)
     parser.add_argument("task", nargs="?", metavar="TASKFILE",
-                        help="a task file (tasks/*.toml); default: the embedded Glyphs quick start")
+                        help="a task file (tasks/*.toml), or an installed task's name ('fewshot-metaopt tasks' lists "
+                             "them); default: the embedded Glyphs quick start")
     parser.add_argument("--out", metavar="RUN_DIR", default=None,
                         help="the run directory to create (default: runs/<task name>-<date>-<time>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

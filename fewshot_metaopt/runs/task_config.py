@@ -13,7 +13,6 @@ import os
 import sys
 import typing
 from dataclasses import dataclass, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,6 +35,7 @@ from .settings import (
     ValidationSettings,
     learner_applicable,
 )
+from .task_catalog import QUICKSTART, bundled_task, task_file
 from .value_types import WrongType, coerce
 
 if sys.version_info >= (3, 11):
@@ -43,7 +43,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-QUICKSTART = "quickstart.toml"
 # The order sections are written in: what is learned from, then how, then for how long.
 SECTION_ORDER = (
     "data", "episodes", "model", "learner", "inner_optimizer", "meta_schedule", "train", "validation", "evaluation",
@@ -324,12 +323,13 @@ def load_task(
     overrides: Sequence[str] = (),
     data_root: str | os.PathLike | None = None,
 ) -> TaskConfig:
-    """The task in ``path`` (the embedded quick start when None) with ``--set`` overrides and
+    """The task in ``path`` (a task file, or the name of an installed one: see
+    :func:`.task_catalog.task_file`; the quick start when None) with ``--set`` overrides and
     ``--data-root`` applied on top."""
     if path is None:
-        text = resources.files(__package__).joinpath(QUICKSTART).read_text(encoding="utf-8")
-        values, source, base = tomllib.loads(text), "the embedded quick-start task", Path.cwd()
+        values, source, base = read_task_file(bundled_task(QUICKSTART)), "the embedded quick-start task", Path.cwd()
     else:
+        path = task_file(path)
         values, source, base = read_task_file(path), str(path), Path(path).resolve().parent
     origins = Origins(source)
     origins.record(values, source)

@@ -1,0 +1,85 @@
+"""What ships with the package: the task files (and the names that stand for them), the
+metadata, one version, and a built wheel that installs and runs on its own."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fewshot_metaopt.cli import main
+from fewshot_metaopt.runs.errors import RunError
+from fewshot_metaopt.runs.task_catalog import QUICKSTART, TASKS_FOLDER, bundled_task, bundled_tasks, task_file
+from fewshot_metaopt.runs.task_config import load_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_repository_tasks_folder_is_the_packaged_one():
+    assert (REPO / "tasks").is_symlink()
+    assert (REPO / "tasks").resolve() == TASKS_FOLDER == REPO / "fewshot_metaopt" / "tasks"
+    assert sorted(bundled_tasks()) == sorted(p.stem for p in (REPO / "tasks").glob("*.toml"))
+    assert QUICKSTART in bundled_tasks() and "omniglot-5w1s" in bundled_tasks()
+
+
+def test_the_quick_start_is_one_file():
+    assert not list((REPO / "fewshot_metaopt" / "runs").glob("*.toml"))
+    assert load_task(None).to_dict() == load_task(bundled_task(QUICKSTART)).to_dict()
+
+
+@pytest.mark.parametrize("text", ["sinusoid-5shot", "sinusoid-5shot.toml"])
+def test_a_task_name_stands_for_the_installed_file(text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert task_file(text) == TASKS_FOLDER / "sinusoid-5shot.toml"
+    assert load_task(text).to_dict() == load_task(REPO / "tasks" / "sinusoid-5shot.toml").to_dict()
+
+
+def test_a_file_in_the_current_folder_wins_over_a_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sinusoid-5shot.toml").write_text('name = "mine"\n')
+    assert task_file("sinusoid-5shot.toml") == Path("sinusoid-5shot.toml")
+    assert task_file("sinusoid-5shot") == TASKS_FOLDER / "sinusoid-5shot.toml"
+
+
+def test_paths_are_never_taken_for_names(tmp_path):
+    assert task_file(tmp_path / "sinusoid-5shot.toml") == tmp_path / "sinusoid-5shot.toml"
+    assert task_file("absent.toml") == Path("absent.toml")  # its reader says it does not exist
+    with pytest.raises(RunError, match="task file absent.toml does not exist"):
+        load_task("absent.toml")
+
+
+def test_an_unknown_name_lists_the_installed_tasks():
+    with pytest.raises(RunError) as caught:
+        task_file("omniglot-5wls")
+    message = str(caught.value)
+    assert message.startswith("no task is called 'omniglot-5wls'; choose one of glyphs-quickstart, ")
+    assert "omniglot-5w1s, " in message and "'fewshot-metaopt tasks' describes them" in message
+
+
+def test_train_takes_a_task_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--set", "train.iterations=1", "--set", "train.meta_batch=2", "--set", "validation.every=0",
+            "--set", "evaluation.episodes=2", "--set", "episodes.eval_queries=5", "--set", "learner.inner_steps_eval=1"]
+    assert main(["train", "sinusoid-5shot", "--out", "run", *tiny]) == 0
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["metric"] == "mse" and result["iterations"] == 1
+    assert "task sinusoid-5shot: MAML, MLP 40-40" in capsys.readouterr().out
+
+
+def test_tasks_lists_every_installed_task_with_its_description(capsys):
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in lines[:len(bundled_tasks())]}
+    assert list(listed) == list(bundled_tasks())
+    assert listed["omniglot-5w1s"] == "MAML, conv4-64, Omniglot 5-way 1-shot (Finn et al. 2017: 98.7%)"
+    assert lines[-1] == f"The files are in {TASKS_FOLDER}."
+
+
+def test_tasks_name_prints_the_file(capsys):
+    assert main(["tasks", "omniglot-5w5s"]) == 0
+    assert capsys.readouterr().out == (TASKS_FOLDER / "omniglot-5w5s.toml").read_text()
+
+
+def test_tasks_refuses_an_unknown_name_in_one_line(capsys):
+    assert main(["tasks", "omniglot"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fewshot-metaopt: error: no task is called 'omniglot'; choose one of")
