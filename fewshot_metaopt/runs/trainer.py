@@ -14,7 +14,7 @@ import math
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -23,11 +23,16 @@ from ..atomic_files import remove_leftovers
 from ..distributed import MetaBatchGroup
 from ..learners import EvaluationResult
 from . import checkpoint_pair, rng_state
+from .callbacks import (
+    FAILED, FINISHED, INTERRUPTED, STOPPED, Callback, CallbackList, CheckpointWritten, IterationEnd, RunEnd, Validation,
+    frozen_lrs,
+)
 from .checkpoint import applied, load_checkpoint
 from .components import build_learner, build_scheduler, manifest, train_sampler
 from .data_sources import open_split, sha256_of, split_files
 from .errors import RunError
 from .health import Health, diagnose
+from .interrupts import InterruptGuard, Interrupted
 from .learning_curves import plot_learning_curves
 from .metrics_log import MetricsLog, read_metrics
 from .provenance import git_commit, package_version
@@ -77,6 +82,9 @@ class Progress:
     best_iteration: int | None = None
     metrics_bytes: int = 0
     window: Window = field(default_factory=Window)
+    # The callback and reason that ended the run, kept in the checkpoint so that a run killed
+    # between its last checkpoint and results.json resumes to its end, not past it.
+    stopped_by: str | None = None
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> "Progress":
@@ -88,7 +96,7 @@ class Trainer:
     that bad data or settings fail without leaving a half-made run directory behind."""
 
     def __init__(self, task: TaskConfig, device: str = "cpu", echo: Callable[[str], None] = tqdm.write,
-                 group: MetaBatchGroup | None = None) -> None:
+                 group: MetaBatchGroup | None = None, callbacks: Sequence[Callback] = ()) -> None:
         # Distributed, every rank trains and evaluates its share; rank 0 alone writes the run.
         self.group = group
         self.writes = group is None or group.rank == 0
@@ -106,6 +114,8 @@ class Trainer:
         self.scheduler = build_scheduler(task, self.learner)
         self.progress = Progress()
         self.health: Health | None = None
+        # Rank 0 alone calls them: it is the rank that writes the run.
+        self.callbacks = CallbackList(callbacks if self.writes else ())
 
     # ------------------------------------------------------------------------ checkpoints
 
@@ -121,11 +131,17 @@ class Trainer:
             "package_version": package_version(),
         }
 
-    def _checkpoint(self, run: RunDir, log: MetricsLog | None, started: float, best: bool) -> None:
+    def _checkpoint(self, run: RunDir, log: MetricsLog | None, started: float, best: bool,
+                    notify: bool = True) -> str | None:
+        """Write ``last.pt`` (and ``best.pt``); the stop a callback asks for on it, if any."""
         self.progress.elapsed_s = time.monotonic() - started
-        if log is not None:
-            self.progress.metrics_bytes = log.sync()
-            checkpoint_pair.save(run, self._payload(), best)
+        if log is None:
+            return None
+        self.progress.metrics_bytes = log.sync()
+        checkpoint_pair.save(run, self._payload(), best)
+        if not notify:
+            return None
+        return self.callbacks.checkpoint(CheckpointWritten(self.progress.iteration, run.last_checkpoint, best))
 
     def resume(self, run: RunDir) -> None:
         """Continue from ``run``'s latest checkpoint (from the start if it has none yet).
@@ -169,13 +185,26 @@ class Trainer:
         # Clocks differ between ranks; all stop at the iteration rank 0's clock says.
         return spent if self.group is None else self.group.broadcast(spent)
 
-    def _log(self, run: RunDir, log: MetricsLog | None, started: float, validate: bool) -> None:
+    def _agreed(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank: what its callbacks and its Ctrl-C decided."""
+        return value if self.group is None else self.group.broadcast(value)
+
+    def _stop(self, reason: str | None) -> bool:
+        """Record the first stop a callback asked for; whether one has been asked for."""
+        if reason is not None and self.progress.stopped_by is None:
+            self.progress.stopped_by = reason
+        return self.progress.stopped_by is not None
+
+    def _log(self, run: RunDir, log: MetricsLog | None, started: float, validate: bool) -> str | None:
+        """Write a metrics line (validating first when ``validate``); a stop a callback asked for."""
         p = self.progress
         line = {"iteration": p.iteration, **p.window.flush(),
                 "meta_lr": self.learner.meta_optimizer.param_groups[0]["lr"]}
-        improved = False
+        improved, asked = False, None
         if validate:
-            score = self.learner.evaluate(self.val)
+            episodes = tqdm(self.val, desc="validate", leave=False, unit="episode", mininterval=1.0,
+                            disable=not self.writes)
+            score = self.learner.evaluate(episodes)
             higher_is_better = score.metric == "accuracy"
             improved = p.best_value is None or (
                 score.mean > p.best_value if higher_is_better else score.mean < p.best_value
@@ -184,47 +213,104 @@ class Trainer:
                 p.best_value, p.best_iteration = score.mean, p.iteration
             line.update(val_metric=score.metric, val_mean=score.mean, val_ci95=score.ci95, best=improved)
             self.echo(f"iteration {p.iteration}: validation {score}{' (best so far)' if improved else ''}")
+            if self.callbacks:
+                asked = self.callbacks.validation(Validation(
+                    p.iteration, score.metric, score.mean, score.ci95, improved, p.best_value, p.best_iteration,
+                    frozen_lrs(self.learner.learned_lr_tensors())))
         line["wall_s"] = round(time.monotonic() - started, 3)
         if log is not None:
             log.append(line)
         if improved:
-            self._checkpoint(run, log, started, best=True)
+            on_best = self._checkpoint(run, log, started, best=True)
+            asked = asked or on_best
+        return asked
 
-    def train(self, run: RunDir) -> None:
+    def train(self, run: RunDir) -> str:
+        """Meta-train until the budget is spent (``finished``) or a callback stops the run
+        (``stopped``); both end with a checkpoint. Ctrl-C writes a checkpoint at the end of the
+        iteration and raises :class:`~.interrupts.Interrupted`."""
         t, p = self.task.train, self.progress
         log = MetricsLog(run.metrics) if self.writes else None
         started = time.monotonic() - p.elapsed_s
         bar = tqdm(total=t.iterations, initial=p.iteration, desc="meta-train", unit="it", mininterval=1.0,
                    disable=not self.writes)
         try:
-            done = self._spent(started)
-            while not done:
-                result = self.learner.meta_train_step(self.sampler.sample_batch(t.meta_batch))
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                p.iteration += 1
-                p.window.add(result)
-                done = self._spent(started)
-                every = self.task.validation.every
-                validate = every > 0 and (p.iteration % every == 0 or done)
-                if p.iteration % t.log_every == 0 or validate or done:
-                    self._log(run, log, started, validate)
-                if p.iteration % t.checkpoint_every == 0 or done:
-                    self._checkpoint(run, log, started, best=False)
-                bar.update(1)
-                postfix = {"loss": f"{result.loss:.3f}"}
-                if result.accuracy is not None:
-                    postfix["acc"] = f"{result.accuracy:.3f}"
-                bar.set_postfix(postfix, refresh=False)
+            with InterruptGuard() as guard:
+                self._loop(run, log, started, bar, guard)
+        except Interrupted as stop:
+            self._finish_callbacks(run, INTERRUPTED, str(stop))
+            raise
+        except BaseException as err:
+            self._finish_callbacks(run, INTERRUPTED if isinstance(err, KeyboardInterrupt) else FAILED,
+                                   str(err) or type(err).__name__)
+            raise
         finally:
             bar.close()
             if log is not None:
                 log.close()
+        return STOPPED if p.stopped_by is not None else FINISHED
+
+    def _loop(self, run: RunDir, log: MetricsLog | None, started: float, bar, guard: InterruptGuard) -> None:
+        t, p = self.task.train, self.progress
+        every = self.task.validation.every
+        done = self._spent(started) or p.stopped_by is not None
+        while not done:
+            result = self.learner.meta_train_step(self.sampler.sample_batch(t.meta_batch))
+            meta_lr = self.learner.meta_optimizer.param_groups[0]["lr"]
+            if self.scheduler is not None:
+                self.scheduler.step()
+            p.iteration += 1
+            p.window.add(result)
+            asked = None
+            if self.callbacks:
+                asked = self.callbacks.iteration_end(IterationEnd(
+                    p.iteration, result.loss, result.accuracy, result.grad_norm, meta_lr, time.monotonic() - started))
+            asked, interrupted = self._agreed((asked, guard.requested))
+            done = self._spent(started) or self._stop(asked)
+            if interrupted and not done:
+                # No metrics line and no validation that the uninterrupted run would not have
+                # written here: the window goes into the checkpoint and the resumed run goes on.
+                self._checkpoint(run, log, started, best=False)
+                raise Interrupted(p.iteration, str(run.last_checkpoint))
+            validate = every > 0 and (p.iteration % every == 0 or done)
+            if p.iteration % t.log_every == 0 or validate or done:
+                done = self._stop(self._agreed(self._log(run, log, started, validate))) or done
+            if p.iteration % t.checkpoint_every == 0 or done:
+                asked = self._agreed(self._checkpoint(run, log, started, best=False))
+                if not done and self._stop(asked):
+                    # Asked for on a checkpoint written mid-run: the iterations not yet logged get
+                    # their line, and last.pt is written again to record the stop.
+                    done = True
+                    if p.window.count:
+                        self._log(run, log, started, validate=False)
+                    self._checkpoint(run, log, started, best=False, notify=False)
+            bar.update(1)
+            postfix = {"loss": f"{result.loss:.3f}"}
+            if result.accuracy is not None:
+                postfix["acc"] = f"{result.accuracy:.3f}"
+            bar.set_postfix(postfix, refresh=False)
+
+    def _finish_callbacks(self, run: RunDir, status: str, reason: str | None = None,
+                          result: EvaluationResult | None = None) -> None:
+        if self.callbacks:
+            self.callbacks.finish(RunEnd(status, self.progress.iteration, run.path, reason, result))
 
     # ------------------------------------------------------------------------ the end
 
     def finish(self, run: RunDir) -> EvaluationResult:
-        """Test the checkpoint that stands for the run; write results.json and the curves."""
+        """Test the checkpoint that stands for the run; write results.json and the curves; tell
+        the callbacks how the run ended."""
+        try:
+            result = self._test_and_record(run)
+        except BaseException as err:
+            self._finish_callbacks(run, INTERRUPTED if isinstance(err, KeyboardInterrupt) else FAILED,
+                                   str(err) or type(err).__name__)
+            raise
+        p = self.progress
+        self._finish_callbacks(run, FINISHED if p.stopped_by is None else STOPPED, p.stopped_by, result)
+        return result
+
+    def _test_and_record(self, run: RunDir) -> EvaluationResult:
         if self.group is not None:
             self.group.barrier()  # rank 0's last checkpoint is on disk before anyone reads it
         path = checkpoint_pair.checkpoint_for_use(run)
@@ -251,6 +337,8 @@ class Trainer:
             "checkpoint_iteration": state["iteration"],
             "best_validation": None if p.best_value is None else {"iteration": p.best_iteration, "mean": p.best_value},
             "iterations": p.iteration,
+            "status": FINISHED if p.stopped_by is None else STOPPED,
+            "stopped_by": p.stopped_by,
             "health": self.health.to_dict(),
             "train_seconds": round(p.elapsed_s, 1),
             "split_files": {role: {str(f): sha256_of(f) for f in split_files(source)} for role, source in self.sources.items()},
