@@ -21,7 +21,11 @@ How a page's blocks run:
   and runs only where that folder exists; where it is absent, that block and the page's later
   blocks (which may build on it) are skipped. A block that names ``../shared/data/omniglot``
   without the marker is an error.
-* The rare block that cannot run here (it needs a GPU, a server, ``torchrun``, a peer library
+* A block that starts a process group (``dist.init_process_group(...)``, as under ``torchrun``)
+  carries ``<!-- snippet: torchrun -->`` on the line before its fence: its page then runs as the
+  one process of a one-process ``torchrun`` launch (``RANK=0``, ``WORLD_SIZE=1``, a free
+  ``MASTER_PORT`` in the environment).
+* The rare block that cannot run here (it needs a GPU, a server, a peer library
   that is not installed, or a data set we cannot generate) says so, with the reason, on the
   line right before its fence::
 
@@ -39,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -66,27 +71,30 @@ class Snippet:
     source: str
     skip_reason: str | None = None
     needs_omniglot: bool = False
+    torchrun: bool = False
 
 
-def _directive(line: str, where: str) -> tuple[str | None, bool]:
-    """``(skip reason, needs omniglot)`` from the line before a fence; a bad directive raises."""
+_DIRECTIVES = "<!-- snippet: skip (reason) -->, <!-- snippet: needs omniglot --> or <!-- snippet: torchrun -->"
+_FLAGS = {"needs omniglot": "needs_omniglot", "torchrun": "torchrun"}
+
+
+def _directive(line: str, where: str) -> dict:
+    """The :class:`Snippet` fields the line before a fence sets; a bad directive raises."""
     match = _DIRECTIVE.match(line)
     if match is None:
         if "snippet:" in line and "<!--" in line:
-            raise ValueError(f"{where}: malformed snippet directive {line.strip()!r}; "
-                             f"write <!-- snippet: skip (reason) --> or <!-- snippet: needs omniglot -->")
-        return None, False
+            raise ValueError(f"{where}: malformed snippet directive {line.strip()!r}; write {_DIRECTIVES}")
+        return {}
     body = match["body"].strip()
-    if body == "needs omniglot":
-        return None, True
+    if body in _FLAGS:
+        return {_FLAGS[body]: True}
     skip = _SKIP.match(body)
     if skip is not None:
         reason = skip["reason"].strip()
         if not reason:
             raise ValueError(f"{where}: <!-- snippet: skip () --> needs a reason inside the parentheses")
-        return reason, False
-    raise ValueError(f"{where}: unknown snippet directive {body!r}; "
-                     f"write <!-- snippet: skip (reason) --> or <!-- snippet: needs omniglot -->")
+        return {"skip_reason": reason}
+    raise ValueError(f"{where}: unknown snippet directive {body!r}; write {_DIRECTIVES}")
 
 
 def extract(text: str, page: str) -> list[Snippet]:
@@ -111,12 +119,12 @@ def extract(text: str, page: str) -> list[Snippet]:
             raise ValueError(f"{page}:{i + 1}: a code fence is never closed")
         if language == "python":
             previous = lines[i - 1] if i > 0 else ""
-            reason, needs = _directive(previous, f"{page}:{i}")
+            fields = _directive(previous, f"{page}:{i}")
             body = "\n".join(line[indent:] if line[:indent].strip() == "" else line for line in lines[start:end])
-            if REAL_OMNIGLOT_PATH in body and not needs and reason is None:
+            if REAL_OMNIGLOT_PATH in body and not (fields.get("needs_omniglot") or "skip_reason" in fields):
                 raise ValueError(f"{page}:{start + 1}: this block reads {REAL_OMNIGLOT_PATH}; "
                                  f"put <!-- snippet: needs omniglot --> on the line before its fence")
-            snippets.append(Snippet(page, start + 1, body + "\n", reason, needs))
+            snippets.append(Snippet(page, start + 1, body + "\n", **fields))
         else:
             # the directive belongs to ```python blocks only; elsewhere it would silently do nothing
             previous = lines[i - 1] if i > 0 else ""
@@ -160,6 +168,15 @@ def _prepare_directory(root: Path, text: str) -> Path:
     return work
 
 
+def _one_process_torchrun() -> dict[str, str]:
+    """What ``torchrun --nproc-per-node 1`` puts in its process's environment."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
 def _real_omniglot_present() -> bool:
     return (OMNIGLOT / "images_background.zip").is_file()
 
@@ -184,6 +201,8 @@ def run_page(page: Path, tmp_path: Path, repo: Path = REPO) -> tuple[list[Snippe
     plan = {"page": name, "text": text, "blocks": [{"line": s.line, "source": s.source} for s in runnable]}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    if any(s.torchrun for s in runnable):
+        env.update(_one_process_torchrun())
     done = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(plan), cwd=work, env=env,
                           capture_output=True, text=True, timeout=PAGE_TIMEOUT_S)
     if done.returncode != 0:
@@ -226,9 +245,14 @@ def test_extract_reads_blocks_directives_and_lines():
         ```python
         Omniglot("../shared/data/omniglot", "train")
         ```
+        <!-- snippet: torchrun -->
+        ```python
+        dist.init_process_group("gloo")
+        ```
         """
     )
-    first, skipped, real = extract(text, "page.md")
+    first, skipped, real, distributed = extract(text, "page.md")
+    assert distributed.torchrun and not first.torchrun
     assert (first.line, first.source, first.skip_reason, first.needs_omniglot) == (3, "x = 1\n", None, False)
     assert (skipped.line, skipped.skip_reason) == (8, "needs a CUDA device")
     assert (real.line, real.needs_omniglot, real.skip_reason) == (15, True, None)
