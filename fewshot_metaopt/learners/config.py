@@ -155,6 +155,18 @@ class GradientMetaLearnerConfig:
     def eval_steps(self) -> int:
         return self.inner_steps if self.inner_steps_eval is None else self.inner_steps_eval
 
+    def default_search_space(self) -> dict[str, dict[str, list]]:
+        """The hyperparameters worth searching first, with ranges that cover the published
+        settings (sinusoid's inner lr 0.01, Omniglot's 0.4; Adam at 1e-3), in the form of a
+        task file's ``[search]`` table (``{"inner_lr": {"log_uniform": [0.001, 1.0]}, ...}``;
+        see docs/tuning.md). The same for every algorithm: Meta-SGD's and MAML++'s learned
+        lrs start at ``inner_lr``, so it matters to them too."""
+        return {
+            "inner_lr": {"log_uniform": [1e-3, 1.0]},
+            "inner_steps": {"int": [1, 5]},
+            "meta_lr": {"log_uniform": [1e-4, 1e-2]},
+        }
+
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "GradientMetaLearnerConfig":
         return from_mapping(cls, values, source, "learner")

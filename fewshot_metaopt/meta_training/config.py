@@ -138,6 +138,28 @@ class MetaOptimizerConfig:
             raise checks.ConfigError("rule_options", f"rule_options must be a mapping of option names to values, "
                                      f"got {self.rule_options!r}")
 
+    def default_search_space(self) -> dict[str, dict[str, list]]:
+        """The hyperparameters of this ``method`` worth searching first, in the form of a task
+        file's ``[search]`` table (see docs/tuning.md): the untrained rule's step size and the
+        rule's meta_lr for every method, the network's width for the LSTM and L2O rules and the
+        LSTM's output scale; the truncation window for truncated BPTT, PES's perturbation size,
+        Warp-Grad's points per warp update."""
+        space: dict[str, dict[str, list]] = {
+            "inner_lr": {"log_uniform": [1e-3, 1e-1]},
+            "meta_lr": {"log_uniform": [1e-4, 1e-2]},
+        }
+        if self.method in ("lstm", "l2o"):
+            space["hidden_size"] = {"choice": [10, 20, 40]}
+        if self.method == "lstm":
+            space["output_scale"] = {"log_uniform": [0.01, 1.0]}
+        if self.method == "warp_grad":
+            space["warp_points"] = {"choice": [8, 16, 32]}
+        elif self.outer_trainer == "tbptt":
+            space["unroll_steps"] = {"choice": [5, 10, 20]}
+        else:
+            space["pes_sigma"] = {"log_uniform": [1e-3, 1e-1]}
+        return space
+
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "MetaOptimizerConfig":
         return from_mapping(cls, values, source, "meta-optimizer")
