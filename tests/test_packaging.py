@@ -2,16 +2,25 @@
 metadata, one version, and a built wheel that installs and runs on its own."""
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
+import fewshot_metaopt
 from fewshot_metaopt.cli import main
 from fewshot_metaopt.runs.errors import RunError
+from fewshot_metaopt.runs.provenance import package_version
 from fewshot_metaopt.runs.task_catalog import QUICKSTART, TASKS_FOLDER, bundled_task, bundled_tasks, task_file
 from fewshot_metaopt.runs.task_config import load_task
 
 REPO = Path(__file__).resolve().parents[1]
+VERSION = fewshot_metaopt.__version__
 
 
 def test_the_repository_tasks_folder_is_the_packaged_one():
@@ -83,3 +92,81 @@ def test_tasks_refuses_an_unknown_name_in_one_line(capsys):
     assert main(["tasks", "omniglot"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fewshot-metaopt: error: no task is called 'omniglot'; choose one of")
+
+
+# ------------------------------------------------------------------------------- the wheel
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel of a copy of the source tree (so that the build leaves nothing in the tree),
+    built with the set-up environment's setuptools (no download)."""
+    folder = tmp_path_factory.mktemp("wheel")
+    source = folder / "source"
+    shutil.copytree(REPO / "fewshot_metaopt", source / "fewshot_metaopt", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(folder / "dist"), str(source)], check=True, capture_output=True)
+    (built,) = (folder / "dist").glob("*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """The wheel installed on its own into a throwaway folder (its dependencies are this
+    environment's)."""
+    target = tmp_path_factory.mktemp("installed")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
+                    "--target", str(target), str(wheel)], check=True, capture_output=True)
+    return target
+
+
+def run_installed(installed: Path, *args: str, cwd: Path) -> str:
+    """The installed ``fewshot-metaopt`` script, importing the package from the wheel's copy
+    (the folder comes first on the path; the current folder is not the repository)."""
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    done = subprocess.run([str(installed / "bin" / "fewshot-metaopt"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_wheel_holds_the_tasks_the_type_marker_and_the_license(wheel):
+    assert wheel.name == f"fewshot_metaopt-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        metadata = zf.read(f"fewshot_metaopt-{VERSION}.dist-info/METADATA").decode()
+        entry_points = zf.read(f"fewshot_metaopt-{VERSION}.dist-info/entry_points.txt").decode()
+    assert {f"fewshot_metaopt/tasks/{name}.toml" for name in bundled_tasks()} <= names
+    assert {"fewshot_metaopt/py.typed", f"fewshot_metaopt-{VERSION}.dist-info/licenses/LICENSE"} <= names
+    assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "tasks/", "docs/"))]
+    assert f"\nVersion: {VERSION}\n" in metadata and "\nLicense-Expression: MIT\n" in metadata
+    assert "Classifier: Typing :: Typed" in metadata
+    assert "fewshot-metaopt = fewshot_metaopt.cli.main:main" in entry_points
+
+
+def test_the_installed_wheel_lists_its_own_tasks(installed, tmp_path):
+    listed = run_installed(installed, "tasks", cwd=tmp_path)
+    assert [line.split()[0] for line in listed.splitlines()[:len(bundled_tasks())]] == list(bundled_tasks())
+    assert listed.splitlines()[-1] == f"The files are in {installed / 'fewshot_metaopt' / 'tasks'}."
+
+
+# ------------------------------------------------------------------------------ metadata
+
+
+def test_one_version_source():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+    assert 'version = { attr = "fewshot_metaopt.__version__" }' in pyproject
+    assert not re.search(r"^version = \"", pyproject, re.MULTILINE)
+    assert package_version() == VERSION  # what run.json and results.json record
+    citation = (REPO / "CITATION.cff").read_text()
+    assert re.search(r"^version: \"(.*)\"$", citation, re.MULTILINE).group(1) == VERSION
+
+
+def test_license_and_citation_agree_with_the_metadata():
+    assert (REPO / "LICENSE").read_text().startswith("MIT License\n")
+    assert 'license = "MIT"' in (REPO / "pyproject.toml").read_text()
+    citation = (REPO / "CITATION.cff").read_text()
+    assert citation.startswith("cff-version: 1.2.0\n") and "\nlicense: MIT\n" in citation

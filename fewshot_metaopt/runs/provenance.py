@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-from importlib import metadata
 from pathlib import Path
+
+from .. import __version__
 
 SOURCE = Path(__file__).resolve().parents[2]
 
 
 def package_version() -> str:
-    try:
-        return metadata.version("fewshot-metaopt")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from an uninstalled checkout
-        from .. import __version__
-
-        return __version__
+    """The version of the code imported, ``fewshot_metaopt.__version__`` (the one version source;
+    the installed metadata of an editable install keeps the version it was installed with)."""
+    return __version__
 
 
 def _git(*args: str) -> str | None:
