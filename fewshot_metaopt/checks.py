@@ -9,6 +9,7 @@ every bound, so a range check alone would let it through.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import operator
@@ -30,11 +31,20 @@ def _fail(key: str, owner: str | None, expected: str, value: Any) -> ConfigError
     return ConfigError(key, f"{owner} needs {expected.replace('KEY', key)}, got {value!r}")
 
 
+def closest(value: Any, options: Iterable[str]) -> str | None:
+    """The one of ``options`` a mistyped ``value`` most likely meant, or None when none is close
+    (difflib's similarity ratio of at least 0.6, the cut-off at which a typo still reads as one)."""
+    matches = difflib.get_close_matches(str(value), list(options), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
 def choose(key: str, value: Any, options: Iterable[str]) -> str:
     """``value`` if it is one of ``options``."""
     options = tuple(options)
     if value not in options:
-        raise ConfigError(key, f"unknown {key} {value!r}; choose one of {', '.join(options)}")
+        hint = closest(value, options) if isinstance(value, str) else None
+        meant = "" if hint is None else f"; did you mean {hint!r}?"
+        raise ConfigError(key, f"unknown {key} {value!r}; choose one of {', '.join(options)}{meant}")
     return value
 
 

@@ -107,7 +107,7 @@ MINIMAL = '[train]\niterations = 3\n'
 
 @pytest.mark.parametrize("text, expected", [
     ("colour = 1\n" + MINIMAL, "unknown key 'colour' in {path}; known: description, name, seed, [data]"),
-    ("[learner]\ninner_lrr = 1\n" + MINIMAL, "unknown key 'learner.inner_lrr' in {path}; known: learner.algorithm"),
+    ("[learner]\ninner_lrr = 1\n" + MINIMAL, "unknown key 'learner.inner_lrr' in {path}; did you mean learner.inner_lr?"),
     ("[learner]\ninner_lr = 'fast'\n" + MINIMAL, "learner.inner_lr in {path} must be a number, got 'fast'"),
     ("[train]\niterations = 2.5\n", "train.iterations in {path} must be an integer, got 2.5"),
     ("[train]\niterations = true\n", "train.iterations in {path} must be an integer, got True"),
@@ -171,7 +171,7 @@ def test_overrides_are_checked_like_the_file_and_blamed_by_name(tmp_path):
     assert error(MINIMAL, ["learner.inner_lr=fast"], tmp_path) == (
         "learner.inner_lr in --set learner.inner_lr=fast must be a number, got 'fast'")
     assert error(MINIMAL, ["learner.inner_lrr=1"], tmp_path).startswith(
-        "unknown key 'learner.inner_lrr' in --set learner.inner_lrr=1; known:")
+        "unknown key 'learner.inner_lrr' in --set learner.inner_lrr=1; did you mean learner.inner_lr?")
     assert error(MINIMAL, ["learner.algorithm=reptile"], tmp_path).startswith(
         "--set learner.algorithm=reptile: [learner] unknown algorithm")
     assert error(MINIMAL, ["train.iterations=0"], tmp_path) == (

@@ -2,17 +2,19 @@
 
 Exit status: 0 on success, 1 when a command fails (bad task file, missing data, damaged
 checkpoint, diverged training...), 2 for a command line argparse rejects, 130 when
-interrupted. ``--debug`` shows the traceback instead of the one line.
+interrupted. A task's problems are all reported at once, one line each. ``--debug`` (before
+or after the command) shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Sequence
 
 import torch
 
-from ..runs.errors import RunError
+from ..runs.errors import RunError, TaskErrors
 from ..runs.provenance import package_version
 from . import evaluate_command, inspect_lr_command, plot_command, tasks_command, train_command
 from .parsing import PROG, OneLineParser
@@ -36,6 +38,11 @@ def build_parser() -> OneLineParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for command in COMMANDS:
         command.add_parser(commands)
+    for subparser in commands.choices.values():
+        # Also after the command (``train x.toml --debug``), where it is natural to add when
+        # rerunning; SUPPRESS keeps a --debug given before the command from being reset.
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="on failure, show the full traceback")
     return parser
 
 
@@ -67,5 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
+        # Every problem of a task at once, one line each, so that all are fixed in one round.
+        for line in err.problems if isinstance(err, TaskErrors) else [one_line(err)]:
+            print(f"{PROG}: error: {line}", file=sys.stderr)
         return FAILED

@@ -2,8 +2,10 @@
 
 Every key is checked before anything runs: an unknown key, a value of the wrong type, a value
 out of range or a key the chosen data set, model, schedule or inner optimizer would ignore is
-a :class:`RunError` naming the key and where it was set (the file, ``--set key=value`` or
-``--data-root``). ``--set`` values are read as TOML values (``--set learner.inner_lr=0.1``,
+a line naming the key and where it was set (the file, ``--set key=value`` or
+``--data-root``), with the key it most likely meant when it is unknown. Every such problem of
+a task is reported at once, in one :class:`~.errors.TaskErrors` (a :class:`RunError`).
+``--set`` values are read as TOML values (``--set learner.inner_lr=0.1``,
 ``--set model.hidden_layers=[40,40]``); a bare word is a string (``--set learner.algorithm=anil``).
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,6 +30,7 @@ from .settings import (
     EpisodeSettings,
     EvaluationSettings,
     InnerOptimizerSettings,
+    LoggingSettings,
     ModelSettings,
     ScheduleSettings,
     TopLevel,
@@ -36,6 +39,7 @@ from .settings import (
     learner_applicable,
 )
 from .task_catalog import QUICKSTART, bundled_task, task_file
+from .task_problems import Problems, meant_key
 from .value_types import WrongType, coerce
 
 if sys.version_info >= (3, 11):
@@ -46,8 +50,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 # The order sections are written in: what is learned from, then how, then for how long.
 SECTION_ORDER = (
     "data", "episodes", "model", "learner", "inner_optimizer", "meta_schedule", "train", "validation", "evaluation",
+    "logging",
 )
 ALL_SECTIONS: dict[str, type] = {**SECTIONS, "learner": GradientMetaLearnerConfig}
+ALL_SECTIONS_IN_ORDER: dict[str, type] = {name: ALL_SECTIONS[name] for name in SECTION_ORDER}
 PATH_KEYS = ("data.root", "data.splits_dir", "data.cache_dir")
 REGRESSION = ("sinusoid",)
 # MetaOptimizer's warp_grad meta-trains the warp layers alone, outside any learner; in a run the
@@ -73,6 +79,7 @@ class TaskConfig:
     train: TrainSettings
     validation: ValidationSettings
     evaluation: EvaluationSettings
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     @property
     def regression(self) -> bool:
@@ -179,14 +186,28 @@ def _resolve_paths(values: dict[str, Any], keys: Sequence[str], base: Path) -> N
             data[name] = str(path if path.is_absolute() else (base / path).resolve())
 
 
+def unknown_key(key: str, source: str) -> str:
+    """The line for an unknown key: the key it most likely meant, else the keys there are."""
+    meant = meant_key(key, ALL_SECTIONS_IN_ORDER, TopLevel)
+    if meant is not None:
+        return f"unknown key {key!r} in {source}; did you mean {meant}?"
+    section, dot, _ = key.partition(".")
+    if not dot:
+        known = ", ".join([*sorted(f.name for f in fields(TopLevel)), *(f"[{s}]" for s in SECTION_ORDER)])
+    elif section in ALL_SECTIONS:
+        known = ", ".join(f"{section}.{f.name}" for f in fields(ALL_SECTIONS[section]))
+    else:
+        return f"unknown key {key!r} in {source}; sections are {', '.join(sorted(ALL_SECTIONS))}"
+    return f"unknown key {key!r} in {source}; known: {known}"
+
+
 def _set(values: dict[str, Any], key: str, value: Any, source: str) -> None:
     section, dot, name = key.partition(".")
     if not dot:
         values[key] = value
         return
     if "." in name or section not in ALL_SECTIONS:
-        known = ", ".join(sorted(ALL_SECTIONS))
-        raise RunError(f"unknown key {key!r} in {source}; sections are {known}")
+        raise RunError(unknown_key(key, source))
     table = values.setdefault(section, {})
     if not isinstance(table, dict):
         raise RunError(f"{section!r} is a table ([{section}]); cannot set {key!r} from {source}")
@@ -200,38 +221,59 @@ def _applicable(settings: Any) -> set[str]:
     return settings.applicable()
 
 
-def _section(cls: type, prefix: str, given: Mapping[str, Any], origins: Origins):
+def _section(cls: type, prefix: str, given: Mapping[str, Any], origins: Origins, problems: Problems):
+    """The settings of one table, or None when its keys leave none to build; each problem is
+    noted in ``problems`` (every unknown key, every value of the wrong type, ...)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     key = lambda name: f"{prefix}{name}"  # noqa: E731 - a dotted name, used a dozen times
-    for name in given:
-        if name not in names:
-            known = ", ".join(key(n) for n in names)
-            raise RunError(f"unknown key {key(name)!r} in {origins.of(key(name))}; known: {known}")
     checked = {}
     for name, value in given.items():
+        if name not in names:
+            problems.add(unknown_key(key(name), origins.of(key(name))))
+            continue
         try:
             checked[name] = coerce(value, hints[name])
         except WrongType as expected:
-            raise RunError(
-                f"{key(name)} in {origins.of(key(name))} must be {expected}, got {value!r}"
-            ) from None
-    try:
-        settings = cls(**checked)
-    except ConfigError as err:
-        if "." in err.key or not prefix:
-            raise RunError(f"{origins.of(err.key)}: {err}") from None
-        # A library config's own check names its field; the section says which table it is in.
-        section = prefix.rstrip(".")
-        raise RunError(f"{origins.of(section)}: [{section}] {err}") from None
-    except ValueError as err:  # the learner's checks of several keys together
-        section = prefix.rstrip(".")
-        raise RunError(f"{origins.of(section)}: [{section}] {err}") from None
+            problems.add(f"{key(name)} in {origins.of(key(name))} must be {expected}, got {value!r}")
+    settings = _built(cls, prefix, checked, origins, problems, quiet=len(checked) < len(given))
+    if settings is None:
+        return None
     applicable = _applicable(settings)
-    for name in given:
+    for name in checked:
         if name not in applicable:
-            raise RunError(f"{key(name)} in {origins.of(key(name))} {_why_not(settings, prefix)}")
+            problems.add(f"{key(name)} in {origins.of(key(name))} {_why_not(settings, prefix)}")
     return settings
+
+
+def _built(cls: type, prefix: str, checked: dict[str, Any], origins: Origins, problems: Problems, quiet: bool):
+    """``cls(**checked)``; a value its checks refuse is noted and left out, and the rest tried
+    again, so that every bad value of the table is reported. ``quiet``: a key of the table was
+    refused already, so a clash of several keys is not reported (the refused key may be its
+    cause, and the defaults standing in for it are not the user's)."""
+    section = prefix.rstrip(".")
+    while True:
+        try:
+            return cls(**checked)
+        except ConfigError as err:
+            name = err.key.removeprefix(prefix)
+            if "." in err.key or not prefix:
+                problem = f"{origins.of(err.key)}: {err}"
+            else:
+                # A library config's own check names its field; the section says which table it is in.
+                problem = f"{origins.of(section)}: [{section}] {err}"
+            if name in checked:
+                problems.add(problem)
+                del checked[name]
+                quiet = True
+                continue
+            if not quiet:
+                problems.add(problem)
+            return None
+        except ValueError as err:  # the learner's checks of several keys together
+            if not quiet:
+                problems.add(f"{origins.of(section)}: [{section}] {err}")
+            return None
 
 
 def _why_not(settings: Any, prefix: str) -> str:
@@ -243,14 +285,16 @@ def _why_not(settings: Any, prefix: str) -> str:
         return f"does not apply to meta_schedule.name {settings.name!r}"
     if isinstance(settings, GradientMetaLearnerConfig):
         return f"does not apply to learner.algorithm {settings.algorithm!r} (only to 'warp_maml' and 'warp_leap')"
+    if isinstance(settings, LoggingSettings):
+        return "is read only when its tracker is on: logging.wandb = true for wandb_*, logging.mlflow = true for mlflow_*"
     return f"does not apply to {prefix}method {getattr(settings, 'method', '')!r}"
 
 
-def _cross_checks(task: TaskConfig, origins: Origins) -> None:
+def _cross_checks(task: TaskConfig, origins: Origins, problems: Problems) -> None:
     """What no single section can see: the model must fit the data, and so on."""
 
     def fail(key: str, message: str) -> None:
-        raise RunError(f"{origins.of(key)}: {message}")
+        problems.add(f"{origins.of(key)}: {message}")
 
     family = "mlp" if task.regression else "conv4"
     if task.model.family != family:
@@ -261,7 +305,7 @@ def _cross_checks(task: TaskConfig, origins: Origins) -> None:
         fail("episodes.ways", f"episodes.ways must be 1 for the regression family {task.data.dataset!r}, got {task.ways}")
     if task.inner_optimizer.method == "warp_grad":
         fail("inner_optimizer.method", WARP_GRAD_RULE)
-    _warp_checks(task, origins)
+    _warp_checks(task, origins, problems)
     try:
         task.meta_optimizer_config()
     except ValueError as err:
@@ -280,41 +324,50 @@ def _culprit(section: str, err: ValueError, settings: type) -> str:
     return section
 
 
-def _warp_checks(task: TaskConfig, origins: Origins) -> None:
+def _warp_checks(task: TaskConfig, origins: Origins, problems: Problems) -> None:
     """Warp-Grad algorithms and warped models come together, with the learner's own inner rule."""
     algorithm, model, method = task.learner.algorithm, task.model, task.inner_optimizer.method
     warp_algorithm = algorithm in WARP_ALGORITHMS
     if warp_algorithm and not model.warped:
-        raise RunError(f"{origins.of_all('learner.algorithm', 'model.name')}: learner.algorithm {algorithm!r} "
+        problems.add(f"{origins.of_all('learner.algorithm', 'model.name')}: learner.algorithm {algorithm!r} "
                        f"needs a model with warp layers: model.name 'warp_{model.family}', got {model.name!r}")
     if model.warped and not warp_algorithm:
         # Any other algorithm would adapt the warp layers in the inner loop like the rest of the
         # net, so they would precondition nothing.
-        raise RunError(f"{origins.of_all('model.name', 'learner.algorithm')}: model.name {model.name!r} is "
+        problems.add(f"{origins.of_all('model.name', 'learner.algorithm')}: model.name {model.name!r} is "
                        f"meta-learned by learner.algorithm 'warp_maml' or 'warp_leap', got {algorithm!r}; "
                        f"with {algorithm!r} use model.name {model.family!r}")
-    if warp_algorithm and method != "sgd":
+    if warp_algorithm and method not in ("sgd", "warp_grad"):  # warp_grad has a line of its own
         # Warp-Grad's inner loop is gradient descent that the warps precondition; a learned
         # update rule on top has no place in its objective (and Leap would never train it).
-        raise RunError(f"{origins.of_all('learner.algorithm', 'inner_optimizer.method')}: learner.algorithm "
+        problems.add(f"{origins.of_all('learner.algorithm', 'inner_optimizer.method')}: learner.algorithm "
                        f"{algorithm!r} runs gradient descent in the inner loop, so inner_optimizer.method must be "
                        f"'sgd', got {method!r} (warp_maml learns inner lrs with learner.lr_granularity)")
 
 
-def build_task(values: Mapping[str, Any], origins: Origins) -> TaskConfig:
-    """A :class:`TaskConfig` from a task file's nested dict, every key checked."""
+def build_task(values: Mapping[str, Any], origins: Origins, problems: Problems | None = None) -> TaskConfig:
+    """A :class:`TaskConfig` from a task file's nested dict, every key checked; every problem
+    (with those already in ``problems``) is raised together in one :class:`~.errors.TaskErrors`."""
+    problems = Problems() if problems is None else problems
     top_names = {f.name for f in fields(TopLevel)}
+    tables = {}
     for key, value in values.items():
         if key in ALL_SECTIONS:
-            if not isinstance(value, dict):
-                raise RunError(f"{key!r} in {origins.of(key)} must be a table ([{key}]), got {value!r}")
+            if isinstance(value, dict):
+                tables[key] = value
+            else:
+                problems.add(f"{key!r} in {origins.of(key)} must be a table ([{key}]), got {value!r}", key)
         elif key not in top_names:
-            known = ", ".join([*sorted(top_names), *(f"[{s}]" for s in SECTION_ORDER)])
-            raise RunError(f"unknown key {key!r} in {origins.of(key)}; known: {known}")
-    top = _section(TopLevel, "", {k: v for k, v in values.items() if k in top_names}, origins)
-    sections = {name: _section(ALL_SECTIONS[name], f"{name}.", values.get(name, {}), origins) for name in SECTION_ORDER}
+            problems.add(unknown_key(key, origins.of(key)))
+    top = _section(TopLevel, "", {k: v for k, v in values.items() if k in top_names}, origins, problems)
+    sections = {name: _section(ALL_SECTIONS[name], f"{name}.", tables.get(name, {}), origins, problems)
+                for name in SECTION_ORDER}
+    if top is None or None in sections.values() or len(tables) < sum(key in ALL_SECTIONS for key in values):
+        problems.raise_any()
     task = TaskConfig(name=top.name, description=top.description, seed=top.seed, **sections)
-    _cross_checks(task, origins)
+    if not problems:  # the clashes between sections are judged on values that are each right
+        _cross_checks(task, origins, problems)
+    problems.raise_any()
     return task
 
 
@@ -337,16 +390,25 @@ def load_task(
         values["name"] = Path(path).stem
         origins.keys["name"] = f"the file name of {path} (name is not set in it)"
     _resolve_paths(values, PATH_KEYS, base)
-    changes: list[tuple[str, Any, str]] = [(key, value, f"--set {text}") for text in overrides
-                                           for key, value in [parse_override(text)]]
+    problems = Problems()
+    changes: list[tuple[str, Any, str]] = []
+    for text in overrides:
+        try:
+            changes.append((*parse_override(text), f"--set {text}"))
+        except RunError as err:
+            problems.add(str(err))
     if data_root is not None:
         changes.append(("data.root", str(data_root), "--data-root"))
     for key, value, where in changes:
-        _set(values, key, value, where)
+        try:
+            _set(values, key, value, where)
+        except RunError as err:
+            problems.add(str(err), key.partition(".")[0])
+            continue
         origins.keys[key] = where
         if key in PATH_KEYS:
             _resolve_paths(values, [key], Path.cwd())
-    return build_task(values, origins)
+    return build_task(values, origins, problems)
 
 
 def task_from_dict(values: Mapping[str, Any], source: str, data_root: str | os.PathLike | None = None) -> TaskConfig:
