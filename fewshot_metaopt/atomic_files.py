@@ -5,19 +5,26 @@ renamed over the target (``os.replace`` is atomic within a file system); the fol
 fsynced too, so the rename itself survives a power cut. A write that fails (a full disk, a
 read-only folder) leaves the old file as it was, removes its temporary file and raises a
 :class:`WriteFailed` naming the file and, for a full disk, the file system.
+
+Temporary files and folders are made by :func:`make_temp_file` and :func:`make_temp_dir`
+rather than :mod:`tempfile`, whose ``mkstemp``/``mkdtemp`` make them private (0600/0700):
+renamed into place, they would keep that mode, and a colleague sharing a cluster could not
+read a run's results or share the data cache. Ours are created with 0666/0777 and the kernel
+applies the umask (or the folder's default ACL), as for any ``open`` or ``mkdir``.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, TypeVar
 
 TEMP_SUFFIX = ".partial"
+T = TypeVar("T")
 # Below this many free bytes a failed write is put down to a full disk: torch's zip writer
 # reports ENOSPC as a RuntimeError with no errno.
 NEARLY_FULL = 1 << 20
@@ -64,15 +71,43 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# Random characters in a temporary name, and how many names to try before giving up: the
+# chance that one is taken is nil unless something fills the folder with such names.
+NAME_BYTES = 6
+NAME_ATTEMPTS = 100
 
 
-# Read once, at import: reading it means setting it for a moment, which a thread creating a
-# file at that moment would notice.
-UMASK = _read_umask()
+def _created(create: Callable[[Path], T], folder: str | os.PathLike, prefix: str, suffix: str) -> T:
+    """``create(path)`` for the first random name in ``folder`` that is not taken."""
+    folder = Path(folder)
+    for _ in range(NAME_ATTEMPTS):
+        try:
+            return create(folder / f"{prefix}{secrets.token_hex(NAME_BYTES)}{suffix}")
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name {prefix}*{suffix} in {folder} after "
+                          f"{NAME_ATTEMPTS} tries; clear that folder of such names", str(folder))
+
+
+def make_temp_file(folder: str | os.PathLike, prefix: str = "", suffix: str = "") -> tuple[int, Path]:
+    """A new empty file in ``folder`` under a random name, open for writing: ``(fd, path)``.
+
+    Like ``tempfile.mkstemp`` (created exclusively, never through a link), but with the mode a
+    plain ``open`` gives: 0666 less the umask.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    return _created(lambda path: (os.open(path, flags, 0o666), path), folder, prefix, suffix)
+
+
+def make_temp_dir(folder: str | os.PathLike, prefix: str = "", suffix: str = "") -> Path:
+    """A new empty folder in ``folder`` under a random name; like ``tempfile.mkdtemp``, but
+    with the mode a plain ``mkdir`` gives: 0777 less the umask."""
+
+    def create(path: Path) -> Path:
+        os.mkdir(path, 0o777)
+        return path
+
+    return _created(create, folder, prefix, suffix)
 
 
 @contextmanager
@@ -80,12 +115,10 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file object whose content replaces ``path`` only when the block succeeds."""
     target = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+        fd, tmp = make_temp_file(target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
     except OSError as err:
         raise write_failure(target, err) from None
     try:
-        # mkstemp makes the file private (0600); the finished file gets the usual mode.
-        os.chmod(tmp, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
             try:
                 yield f

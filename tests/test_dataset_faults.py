@@ -15,7 +15,6 @@ import re
 import shutil
 import struct
 import sys
-import tempfile
 import time
 import warnings
 import zipfile
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import miniimagenet_fixtures as mfx  # noqa: E402
 import omniglot_fixtures as ofx  # noqa: E402
 
+from fewshot_metaopt import atomic_files  # noqa: E402
 from fewshot_metaopt.atomic_files import atomic_writer  # noqa: E402
 from fewshot_metaopt.datasets import cache  # noqa: E402
 from fewshot_metaopt.datasets import glyphs as glyphs_module  # noqa: E402
@@ -262,7 +262,7 @@ def test_refused_writes_name_the_reason(subject, tmp_path, monkeypatch, code):
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(atomic_files, "make_temp_file", refuse)
     ds, messages = load_recording(subject, tmp_path / "c")
     reason = os.strerror(code)
     assert messages and messages[0].startswith(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
+
+from ..atomic_files import make_temp_dir, make_temp_file
 
 _CHUNK = 1 << 20
 _HTML_PREFIXES = (b"<!doctype", b"<html")
@@ -78,8 +79,8 @@ def download_file(
     """
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix="." + target.name + ".", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
+    # With the umask's mode, which the renamed file keeps (tempfile.mkstemp's is 0600).
+    fd, tmp = make_temp_file(target.parent, prefix="." + target.name + ".", suffix=".part")
     try:
         digest = hashlib.md5()
         with os.fdopen(fd, "wb") as out:
@@ -136,7 +137,7 @@ def check_members(names: Iterable[str], label: str) -> None:
 def _safe_extract(zf: zipfile.ZipFile, dest: Path, label: str) -> list[Path]:
     check_members(zf.namelist(), label)
     dest.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".extract.", dir=dest))
+    staging = make_temp_dir(dest, prefix=".extract.")
     try:
         zf.extractall(staging)
         placed = []

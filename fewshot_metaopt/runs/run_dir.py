@@ -22,11 +22,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..atomic_files import TEMP_SUFFIX, atomic_write_text, fsync_dir
+from ..atomic_files import TEMP_SUFFIX, atomic_write_text, fsync_dir, make_temp_dir
 from . import toml_writer
 from .errors import RunError
 from .provenance import git_commit, package_version
@@ -77,7 +76,8 @@ class RunDir:
         target.parent.mkdir(parents=True, exist_ok=True)
         for stale in _half_made(target):
             cls._clear_if_abandoned(stale)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
+        # Made with the umask's mode (tempfile.mkdtemp's 0700 would stay with the run once renamed).
+        staging = make_temp_dir(target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
         lock = None
         try:
             lock = RunLock.take(staging)
