@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 from .episodes import (
     Episode,
     EpisodeBatch,
+    EpisodeDataset,
     EpisodeManifest,
     TaskDistributionConfig,
     TaskDistributionSampler,
@@ -41,6 +42,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Episode",
     "EpisodeBatch",
+    "EpisodeDataset",
     "EpisodeManifest",
     "EvaluationResult",
     "GradientMetaLearner",
