@@ -6,6 +6,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 from ..distributed import init_from_environment, launched_by_torchrun
 from ..runs.errors import RunError
+from ..runs.interrupts import Interrupted
 from ..runs.run_dir import RunDir
 from ..runs.task_config import TaskConfig, load_task
 from ..runs.trainer import Trainer
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace, command: Sequence[str], echo: Callable[[str], 
             if writes:
                 run_dir.record_resume(command)
             echo(f"resuming at iteration {trainer.progress.iteration}")
-        return _train(task, trainer, run_dir, echo)
+        return _train(task, trainer, run_dir, echo, resume_command(args, run_dir, group))
     finally:
         run_dir.release()
 
@@ -143,16 +145,42 @@ def launch(nproc: int, command: Sequence[str]) -> int:
     return subprocess.call(launcher)
 
 
-def _train(task: TaskConfig, trainer: Trainer, run_dir: RunDir, echo: Callable[[str], None]) -> int:
+def resume_command(args: argparse.Namespace, run_dir: RunDir, group) -> str:
+    """The command that continues ``run_dir`` bit-identically: the same device, thread count,
+    number of processes and data root as this one."""
+    command = ["fewshot-metaopt", "train", "--resume", str(run_dir.path)]
+    if args.device != "cpu":
+        command += ["--device", args.device]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if group is not None:
+        command += ["--nproc", str(group.world_size)]
+    if args.data_root is not None:
+        command += ["--data-root", str(args.data_root)]
+    return shlex.join(command)
+
+
+def _train(task: TaskConfig, trainer: Trainer, run_dir: RunDir, echo: Callable[[str], None], resume: str) -> int:
     describe(task, trainer, run_dir, echo)
     try:
         trainer.train(run_dir)
+    except Interrupted as stop:
+        echo(f"interrupted at iteration {stop.iteration}; the checkpoint {run_dir.last_checkpoint} holds it")
+        echo(f"continue with: {resume}")
+        raise
+    except KeyboardInterrupt:
+        if run_dir.last_checkpoint.is_file():
+            echo(f"interrupted; the run keeps its last checkpoint, {run_dir.last_checkpoint}")
+            echo(f"continue with: {resume}")
+        raise
     except FloatingPointError as err:
         kept = (f"the run in {run_dir.path} keeps its last checkpoint, {run_dir.last_checkpoint}"
                 if run_dir.last_checkpoint.is_file() else f"no checkpoint of the run in {run_dir.path} was written")
         raise RunError(f"{err} ({kept})") from None
     result = trainer.finish(run_dir)
     p = trainer.progress
+    if p.stopped_by is not None:
+        echo(f"stopped at iteration {p.iteration} by {p.stopped_by}")
     if p.best_iteration is not None:
         echo(f"best validation {p.best_value:.4f} at iteration {p.best_iteration}")
     echo(f"test {result}")

@@ -300,6 +300,45 @@ def learner_applicable(config: GradientMetaLearnerConfig) -> set[str]:
     return names if config.algorithm in WARP_ALGORITHMS else names - set(LEARNER_WARP_KEYS)
 
 
+@dataclass
+class LoggingSettings:
+    """``[logging]``: where a run is mirrored besides ``metrics.jsonl``, which stays its source
+    of truth (docs/tracking.md). ``tensorboard`` writes ``RUN_DIR/tensorboard``; ``wandb`` logs
+    to Weights & Biases (``wandb_mode = "offline"`` keeps it in ``RUN_DIR/wandb``); ``mlflow``
+    logs to MLflow's tracking store (``mlflow_tracking_uri``, default MLflow's own setting).
+    Each needs its extra: ``pip install 'fewshot-metaopt[tensorboard]'`` and so on. Logging
+    never changes what a run computes, so it may be changed in a run's config.toml before
+    ``--resume``."""
+
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_mode: str | None = None
+    mlflow: bool = False
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str | None = None
+
+    WANDB_MODES: ClassVar[tuple[str, ...]] = ("online", "offline")
+    # The keys of a tracker that is on: its own switch is read always.
+    ONLY: ClassVar[dict[str, tuple[str, ...]]] = {
+        "tensorboard": (),
+        "wandb": ("wandb_project", "wandb_entity", "wandb_mode"),
+        "mlflow": ("mlflow_tracking_uri", "mlflow_experiment"),
+    }
+
+    def __post_init__(self) -> None:
+        if self.wandb_mode is not None:
+            choose("logging.wandb_mode", self.wandb_mode, self.WANDB_MODES)
+
+    def applicable(self) -> set[str]:
+        return {*self.ONLY, *(key for name in self.enabled() for key in self.ONLY[name])}
+
+    def enabled(self) -> list[str]:
+        """The trackers switched on, by name (the names of ``trackers.TRACKERS``)."""
+        return [name for name in self.ONLY if getattr(self, name)]
+
+
 SECTIONS: dict[str, type] = {
     "data": DataSettings,
     "episodes": EpisodeSettings,
@@ -309,4 +348,5 @@ SECTIONS: dict[str, type] = {
     "train": TrainSettings,
     "validation": ValidationSettings,
     "evaluation": EvaluationSettings,
+    "logging": LoggingSettings,
 }

@@ -35,10 +35,12 @@ from .health import Health, diagnose
 from .interrupts import InterruptGuard, Interrupted
 from .learning_curves import plot_learning_curves
 from .metrics_log import MetricsLog, read_metrics
+from .progress_bar import TrainingBar
 from .provenance import git_commit, package_version
 from .run_dir import RunDir, now, write_json
 from .task_config import TaskConfig
 from .task_identity import same_task
+from .trackers import build_trackers, check_trackers
 
 ROLES = ("train", "val", "test")
 
@@ -114,8 +116,12 @@ class Trainer:
         self.scheduler = build_scheduler(task, self.learner)
         self.progress = Progress()
         self.health: Health | None = None
-        # Rank 0 alone calls them: it is the rank that writes the run.
+        # Rank 0 alone calls them: it is the rank that writes the run. The trackers the
+        # [logging] table asks for join them when training starts, in the run directory.
         self.callbacks = CallbackList(callbacks if self.writes else ())
+        self._trackers_joined = not self.writes
+        if self.writes:
+            check_trackers(task.logging)
 
     # ------------------------------------------------------------------------ checkpoints
 
@@ -230,10 +236,12 @@ class Trainer:
         (``stopped``); both end with a checkpoint. Ctrl-C writes a checkpoint at the end of the
         iteration and raises :class:`~.interrupts.Interrupted`."""
         t, p = self.task.train, self.progress
+        if not self._trackers_joined:
+            self.callbacks = CallbackList([*build_trackers(self.task, run, p.iteration), *self.callbacks.callbacks])
+            self._trackers_joined = True
         log = MetricsLog(run.metrics) if self.writes else None
         started = time.monotonic() - p.elapsed_s
-        bar = tqdm(total=t.iterations, initial=p.iteration, desc="meta-train", unit="it", mininterval=1.0,
-                   disable=not self.writes)
+        bar = TrainingBar(t.iterations, t.minutes, p.iteration, enabled=self.writes)
         try:
             with InterruptGuard() as guard:
                 self._loop(run, log, started, bar, guard)
@@ -250,7 +258,8 @@ class Trainer:
                 log.close()
         return STOPPED if p.stopped_by is not None else FINISHED
 
-    def _loop(self, run: RunDir, log: MetricsLog | None, started: float, bar, guard: InterruptGuard) -> None:
+    def _loop(self, run: RunDir, log: MetricsLog | None, started: float, bar: TrainingBar,
+              guard: InterruptGuard) -> None:
         t, p = self.task.train, self.progress
         every = self.task.validation.every
         done = self._spent(started) or p.stopped_by is not None
@@ -265,17 +274,12 @@ class Trainer:
             if self.callbacks:
                 asked = self.callbacks.iteration_end(IterationEnd(
                     p.iteration, result.loss, result.accuracy, result.grad_norm, meta_lr, time.monotonic() - started))
-            asked, interrupted = self._agreed((asked, guard.requested))
-            done = self._spent(started) or self._stop(asked)
-            if interrupted and not done:
-                # No metrics line and no validation that the uninterrupted run would not have
-                # written here: the window goes into the checkpoint and the resumed run goes on.
-                self._checkpoint(run, log, started, best=False)
-                raise Interrupted(p.iteration, str(run.last_checkpoint))
+            done = self._spent(started) or self._stop(self._agreed(asked))
             validate = every > 0 and (p.iteration % every == 0 or done)
             if p.iteration % t.log_every == 0 or validate or done:
                 done = self._stop(self._agreed(self._log(run, log, started, validate))) or done
-            if p.iteration % t.checkpoint_every == 0 or done:
+            saved = p.iteration % t.checkpoint_every == 0 or done
+            if saved:
                 asked = self._agreed(self._checkpoint(run, log, started, best=False))
                 if not done and self._stop(asked):
                     # Asked for on a checkpoint written mid-run: the iterations not yet logged get
@@ -284,11 +288,16 @@ class Trainer:
                     if p.window.count:
                         self._log(run, log, started, validate=False)
                     self._checkpoint(run, log, started, best=False, notify=False)
-            bar.update(1)
             postfix = {"loss": f"{result.loss:.3f}"}
             if result.accuracy is not None:
                 postfix["acc"] = f"{result.accuracy:.3f}"
-            bar.set_postfix(postfix, refresh=False)
+            bar.advance(p.iteration, time.monotonic() - started, postfix)
+            if not done and self._agreed(guard.requested):
+                # The iteration did all the uninterrupted run does at it (its line, its
+                # validation) and nothing more; its checkpoint lets the resumed run go on from here.
+                if not saved:
+                    self._checkpoint(run, log, started, best=False)
+                raise Interrupted(p.iteration, str(run.last_checkpoint))
 
     def _finish_callbacks(self, run: RunDir, status: str, reason: str | None = None,
                           result: EvaluationResult | None = None) -> None:
