@@ -16,12 +16,12 @@ import torch
 
 from ..runs.errors import RunError, TaskErrors
 from ..runs.provenance import package_version
-from . import evaluate_command, inspect_lr_command, plot_command, tasks_command, train_command
+from . import evaluate_command, inspect_lr_command, plot_command, tasks_command, train_command, tune_command
 from .parsing import PROG, OneLineParser
 
 FAILED = 1
 INTERRUPTED = 130
-COMMANDS = (train_command, evaluate_command, inspect_lr_command, plot_command, tasks_command)
+COMMANDS = (train_command, evaluate_command, inspect_lr_command, plot_command, tasks_command, tune_command)
 # Failures whose message already says what is wrong; anything else is reported with its type.
 EXPECTED = (RunError, ValueError, OSError, FloatingPointError)
 
@@ -30,7 +30,7 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog=PROG,
         description="Meta-learning for few-shot benchmarks: train task files, evaluate runs, "
-                    "inspect learned inner learning rates, plot learning curves.",
+                    "inspect learned inner learning rates, plot learning curves, search hyperparameters.",
         epilog=f"'{PROG} COMMAND --help' describes each command; docs/cli.md describes task files and run directories.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")

@@ -24,6 +24,7 @@ from ..learners.config import GradientMetaLearnerConfig
 from ..meta_training.meta_optimizer import MetaOptimizerConfig
 from .errors import RunError
 from .schedule_factory import build_schedule
+from .search_space import SEARCH, SearchSpace
 from .settings import (
     SECTIONS,
     DataSettings,
@@ -80,6 +81,8 @@ class TaskConfig:
     validation: ValidationSettings
     evaluation: EvaluationSettings
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    # The [search] table: what `fewshot-metaopt tune` varies; a run trains the values above.
+    search: SearchSpace | None = None
 
     @property
     def regression(self) -> bool:
@@ -345,6 +348,17 @@ def _warp_checks(task: TaskConfig, origins: Origins, problems: Problems) -> None
                        f"'sgd', got {method!r} (warp_maml learns inner lrs with learner.lr_granularity)")
 
 
+def _search(values: Mapping[str, Any], origins: Origins, problems: Problems) -> SearchSpace | None:
+    """The ``[search]`` table's space (see :mod:`.search_space`), or None without one."""
+    if SEARCH not in values:
+        return None
+    try:
+        return SearchSpace.parse(values[SEARCH], ALL_SECTIONS)
+    except ConfigError as err:
+        problems.add(f"{origins.of(err.key)}: {err}", SEARCH)
+        return None
+
+
 def build_task(values: Mapping[str, Any], origins: Origins, problems: Problems | None = None) -> TaskConfig:
     """A :class:`TaskConfig` from a task file's nested dict, every key checked; every problem
     (with those already in ``problems``) is raised together in one :class:`~.errors.TaskErrors`."""
@@ -357,14 +371,15 @@ def build_task(values: Mapping[str, Any], origins: Origins, problems: Problems |
                 tables[key] = value
             else:
                 problems.add(f"{key!r} in {origins.of(key)} must be a table ([{key}]), got {value!r}", key)
-        elif key not in top_names:
+        elif key not in top_names and key != SEARCH:
             problems.add(unknown_key(key, origins.of(key)))
+    search = _search(values, origins, problems)
     top = _section(TopLevel, "", {k: v for k, v in values.items() if k in top_names}, origins, problems)
     sections = {name: _section(ALL_SECTIONS[name], f"{name}.", tables.get(name, {}), origins, problems)
                 for name in SECTION_ORDER}
     if top is None or None in sections.values() or len(tables) < sum(key in ALL_SECTIONS for key in values):
         problems.raise_any()
-    task = TaskConfig(name=top.name, description=top.description, seed=top.seed, **sections)
+    task = TaskConfig(name=top.name, description=top.description, seed=top.seed, **sections, search=search)
     if not problems:  # the clashes between sections are judged on values that are each right
         _cross_checks(task, origins, problems)
     problems.raise_any()
