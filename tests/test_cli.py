@@ -165,10 +165,10 @@ def test_inspect_lr_prints_a_table_and_draws_a_png(finished, tmp_path, capsys):
     assert main(["inspect-lr", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "meta_sgd, learned" in out
-    rows = [line.split() for line in out.splitlines() if line.startswith(("0.", "1.", "2.", "3.", "5."))]
-    assert [r[0] for r in rows] == [n for n, _ in _tiny_model_names()]
+    rows = [line.split() for line in out.splitlines() if line.startswith(("block", "head."))]
+    assert [(r[0], r[10]) for r in rows] == list(_tiny_model_names().items())
     for row in rows:
-        mean, low, *quantiles, high = map(float, row[2:])
+        mean, low, *quantiles, high = map(float, row[2:10])
         assert low <= quantiles[0] <= quantiles[2] <= quantiles[4] <= high and low <= mean <= high
     assert png_size(tmp_path / "run/plots/learned_lr.png")[0] > 300
     checkpoint = tmp_path / "run/checkpoints/last.pt"
@@ -178,10 +178,11 @@ def test_inspect_lr_prints_a_table_and_draws_a_png(finished, tmp_path, capsys):
     png_size(tmp_path / "lr.png")
 
 
-def _tiny_model_names():
-    from fewshot_metaopt.models import conv4
+def _tiny_model_names() -> dict[str, str]:
+    """Readable name by parameter name."""
+    from fewshot_metaopt.models import conv4, parameter_display_names
 
-    return list(conv4(3, hidden=4, image_size=16).named_parameters())
+    return {shown: name for name, shown in parameter_display_names(conv4(3, hidden=4, image_size=16)).items()}
 
 
 def test_inspect_lr_of_maml_reports_the_fixed_rate(tmp_path, capsys):
@@ -190,7 +191,7 @@ def test_inspect_lr_of_maml_reports_the_fixed_rate(tmp_path, capsys):
     assert main(["inspect-lr", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "fixed (not learned)" in out
-    assert all(line.split()[2:] == ["0.3"] * 8 for line in out.splitlines() if line.startswith("5."))
+    assert all(line.split()[2:10] == ["0.3"] * 8 for line in out.splitlines() if line.startswith("head."))
 
 
 def test_a_learned_optimizer_trains_and_reports_its_effective_rates(tmp_path, capsys):
@@ -200,7 +201,7 @@ def test_a_learned_optimizer_trains_and_reports_its_effective_rates(tmp_path, ca
     assert main(["inspect-lr", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "maml with lstm, effective lr" in out
-    assert len([line for line in out.splitlines() if line.startswith(("0.", "5."))]) == 6
+    assert len([line for line in out.splitlines() if line.startswith(("block1.", "head."))]) == 6
     png_size(tmp_path / "run/plots/learned_lr.png")
 
 
