@@ -203,8 +203,13 @@ def run_page(page: Path, tmp_path: Path, repo: Path = REPO) -> tuple[list[Snippe
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     if any(s.torchrun for s in runnable):
         env.update(_one_process_torchrun())
-    done = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(plan), cwd=work, env=env,
-                          capture_output=True, text=True, timeout=PAGE_TIMEOUT_S)
+    try:
+        done = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(plan), cwd=work, env=env,
+                              capture_output=True, text=True, timeout=PAGE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"the python snippets of {name} ran past {PAGE_TIMEOUT_S} s; snippets must be tiny as "
+                    f"written (last block started: {str(err.stdout or '').strip().splitlines()[-1:]})",
+                    pytrace=False)
     if done.returncode != 0:
         pytest.fail(f"a python snippet of {name} failed (exit {done.returncode}):\n"
                     f"{done.stdout[-4000:]}\n{done.stderr[-8000:]}", pytrace=False)
@@ -214,8 +219,10 @@ def run_page(page: Path, tmp_path: Path, repo: Path = REPO) -> tuple[list[Snippe
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_page_snippets_run(page: Path, tmp_path: Path):
     runnable, notes = run_page(page, tmp_path)
-    if notes and not runnable:
-        pytest.skip("; ".join(notes))
+    for note in notes:
+        print(note)  # shown with -rA or on failure: what did not run here
+    if not runnable:
+        pytest.skip("; ".join(notes) or "no ```python blocks")
 
 
 def test_every_page_is_found():
