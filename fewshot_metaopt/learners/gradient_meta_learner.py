@@ -19,7 +19,7 @@ differentiable optimizer; any rule with the update-rule contract plugs into both
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,7 @@ from ..engines.precision import lower_scale_after_overflow, resolve_precision
 from ..episodes.episode import Episode, episodes_to
 from ..losses import task_loss
 from ..optim.learned_lr import learned_lr_of, learned_lr_tensors_of
+from ..optim.moved_state import follow_parameters, mapped_tree, placed_like
 from ..optim.outer_step import OUTER_OPTIMIZERS, clipped_step
 from ..optim.rules.base import UpdateRule
 from ..optim.rules.sgd import SGDRule
@@ -275,6 +276,55 @@ class GradientMetaLearner:
 
     def _scale_may_overflow(self) -> bool:
         return self.scaler is not None and self.scaler.get_scale() > 1.0
+
+    # -------------------------------------------------------------- parameters and placement
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The meta-parameters by name, as a module holding ``model`` and ``rule`` names them
+        (``model.0.weight``, ``rule.lrs.values.0``); each once."""
+        seen: set[int] = set()
+        for prefix, module in (("model", self.model), ("rule", self.rule)):
+            for name, parameter in module.named_parameters(prefix=prefix):
+                if id(parameter) not in seen:
+                    seen.add(id(parameter))
+                    yield name, parameter
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The meta-parameters: the model's initialisation and the inner rule's own."""
+        return (parameter for _, parameter in self.named_parameters())
+
+    def to(self, *args, **kwargs) -> "GradientMetaLearner":
+        """Move or cast the learner, with ``nn.Module.to``'s arguments (``learner.to("cuda")``,
+        ``learner.to("cpu", torch.float64)``); returns it.
+
+        The model and the inner rule move as modules do; the outer optimizer's moments, the
+        loss scaler and the Warp-Grad replay buffer follow them, and the inner loop runs where
+        the model now is. Episodes are moved to the learner's device as they arrive.
+        """
+        # Where the arguments lead (Tensor.to reads them as Module.to does), so that a precision
+        # the target cannot run is refused before anything moves.
+        target = torch.empty(0, device=self.device).to(*args, **kwargs).device
+        precision = resolve_precision(self.config.precision, target)
+        owners = (self.model, self.rule)
+        before = [p for module in owners for p in module.parameters()]
+        for module in owners:
+            module.to(*args, **kwargs)
+        after = [p for module in owners for p in module.parameters()]
+        follow_parameters(self.meta_optimizer, before, after)
+        reference = after[0]
+        self.device, self.precision = reference.device, precision
+        scaler = precision.scaler(reference.device)
+        if scaler is not None and self.scaler is not None:  # pragma: no cover - fp16 needs a GPU
+            scaler.load_state_dict(self.scaler.state_dict())  # the loss scale carries over
+        self.scaler = scaler
+        self.engine = ENGINES[self.config.inner_engine](self.model, self.rule, self.adapted, self.precision)
+        if self.warp is not None:
+            warp = WarpGradTrainer(self.model, self.rule, self.config.warp_buffer_size, self.config.warp_points,
+                                   self.config.loss, precision=self.precision)
+            warp.load_state_dict(mapped_tree(placed_like(reference), self.warp.state_dict()))
+            warp.group = self.warp.group
+            self.warp = warp
+        return self
 
     def distribute(self, group: MetaBatchGroup | None) -> "GradientMetaLearner":
         """Share meta-batches and evaluations over ``group`` (``None``: run alone again); see

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..episodes.episode import Episode, episodes_to
 from ..optim.learned_lr import learned_lr_of
+from ..optim.moved_state import follow_parameters, mapped_tree
 from ..optim.rules.base import Params, UpdateRule, step_rule
 from ..distributed import MetaBatchGroup
 from ..warp.warp_grad import require_warped
@@ -205,6 +206,25 @@ class MetaOptimizer(UpdateRule):
             self.outer_trainer.load_state_dict(state["outer_trainer_state"])
         self.rule.load_state_dict(state["rule"])
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+
+    def _apply(self, fn, *args, **kwargs):
+        """``to``, ``double``, ``cuda``...: the rule moves as a module's parameters do, and what
+        is kept for it follows: its optimizer's moments, the state of :meth:`compute_update`,
+        PES's particle pairs, Warp-Grad's replay buffer. The base model is the caller's to move
+        (first, for ``warp_grad``, whose rule is the base model's warp layers)."""
+        before = list(self.rule.parameters())
+        super()._apply(fn, *args, **kwargs)
+        follow_parameters(self.meta_optimizer, before, list(self.rule.parameters()))
+        if self.state is not None:
+            self.state = mapped_tree(fn, self.state)
+        if hasattr(self.outer_trainer, "state_dict"):
+            self.outer_trainer.load_state_dict(mapped_tree(fn, self.outer_trainer.state_dict()))
+        if self.warp_trainer is not None:
+            warp = self.warp_trainer.warp
+            warp.load_state_dict(mapped_tree(fn, warp.state_dict()))
+            adapted = self.warp_trainer.init_optimizer.param_groups[0]["params"]
+            follow_parameters(self.warp_trainer.init_optimizer, adapted, adapted)
+        return self
 
     def distribute(self, group: "MetaBatchGroup | None") -> "MetaOptimizer":
         """Share each ``meta_train_step``'s episodes over ``group`` and average the rule's
