@@ -94,6 +94,19 @@ def test_tasks_refuses_an_unknown_name_in_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("fewshot-metaopt: error: no task is called 'omniglot'; choose one of")
 
 
+def test_restore_is_exported_and_loads_the_run_layer_only_when_asked_for():
+    from fewshot_metaopt.runs.restore import Restored, restore
+
+    assert fewshot_metaopt.restore is restore and fewshot_metaopt.Restored is Restored
+    assert {"restore", "Restored", "EpisodeDataset"} <= set(fewshot_metaopt.__all__)
+    with pytest.raises(AttributeError, match="module 'fewshot_metaopt' has no attribute 'restored'"):
+        fewshot_metaopt.restored
+    probe = ("import sys, fewshot_metaopt; loaded = 'fewshot_metaopt.runs' in sys.modules; fewshot_metaopt.restore; "
+             "print(loaded, 'fewshot_metaopt.runs.restore' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
+
+
 # ------------------------------------------------------------------------------- the wheel
 
 
