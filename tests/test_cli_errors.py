@@ -147,6 +147,8 @@ def test_library_configs_name_every_unknown_key_and_what_it_meant():
     message = str(caught.value)
     assert message.startswith("unknown learner keys 'colour', 'inner_lrr' in config; did you mean 'inner_lr' for "
                               "'inner_lrr'? known: algorithm, allow_unused, ")
+    with pytest.raises(ValueError, match=r"^unknown learner key 'inner_lrr' in config; did you mean 'inner_lr'\?$"):
+        from_mapping(GradientMetaLearnerConfig, {"inner_lrr": 1}, "config", "learner")
     with pytest.raises(ValueError, match=r"^unknown learner key 'colour' in config; known: algorithm, "):
         from_mapping(GradientMetaLearnerConfig, {"colour": 1}, "config", "learner")
 

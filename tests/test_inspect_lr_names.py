@@ -69,6 +69,8 @@ def test_the_gradient_check_finds_exactly_the_biases_that_batch_norm_cancels():
     sine = GradientMetaLearner(mlp(1, 1, [8]), GradientMetaLearnerConfig())
     points = Episode(torch.randn(5, 1), torch.randn(5, 1), torch.randn(5, 1), torch.randn(5, 1))
     assert gradient_free(sine, [points], [n for n, _ in sine.model.named_parameters()]) == set()
+    sine.model.register_parameter("spare", nn.Parameter(torch.ones(1)))  # in no graph at all
+    assert gradient_free(sine, [points], ["0.weight", "spare"]) == {"spare"}
 
 
 def test_an_lr_that_never_moved_is_told_from_one_that_did():
@@ -105,7 +107,7 @@ def mid_greys(counts: Counter) -> int:
 
 def test_the_plot_draws_the_initial_lr_and_the_flagged_tensors_in_red(tmp_path):
     tensors = {"block1.conv.weight": torch.linspace(0.2, 0.4, 9), "block1.conv.bias": torch.full((3,), 0.3)}
-    flagged = {"block1.conv.bias": "no gradient, lr never moved"}
+    flagged = {"block1.conv.bias": "no gradient, lr never moved", "block1.conv.weight": "never moved"}
     assert RED not in colours(plot_lrs(tensors, tmp_path / "plain.png", "nothing flagged"))
     unmarked = colours(plot_lrs(tensors, tmp_path / "flagged.png", "flagged", flagged=flagged))
     marked = colours(plot_lrs(tensors, tmp_path / "marked.png", "flagged", (0.3, "initial lr 0.3"), flagged))
