@@ -15,6 +15,7 @@ from fewshot_metaopt.atomic_files import atomic_write_text, make_temp_dir, make_
 from fewshot_metaopt.cli import main
 from fewshot_metaopt.datasets.download import download_file, safe_extract
 from fewshot_metaopt.datasets.glyphs import Glyphs
+from fewshot_metaopt.tuning.study_dir import StudyDir, StudySettings
 
 TASK = """
 name = "tiny"
@@ -118,6 +119,15 @@ def test_a_run_directory_gets_the_umask_s_modes_throughout(tmp_path, umask, caps
             "tiny/metrics.jsonl", "tiny/run.json", "tiny/config.toml"} <= set(written)
     assert written == expected(tmp_path / "runs", umask)
     assert mode(run) == 0o777 & ~umask
+
+
+def test_a_study_folder_gets_the_umask_s_modes(tmp_path, umask):
+    settings = StudySettings(study_name="s", storage=None, metric="accuracy", direction="maximize", sampler="tpe",
+                             pruner="median", prune_after=5, trials=2, folder_id=StudySettings.new_folder_id())
+    StudyDir.create(tmp_path / "studies" / "s", settings, 'name = "t"\n').release()
+    written = modes_below(tmp_path / "studies")
+    assert {"s", "s/study.json", "s/task.toml"} <= set(written)
+    assert written == expected(tmp_path / "studies", umask)
 
 
 def test_the_data_cache_gets_the_umask_s_modes(tmp_path, umask):

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-from ..atomic_files import TEMP_SUFFIX, atomic_write_text, fsync_dir
+from ..atomic_files import TEMP_SUFFIX, atomic_write_text, fsync_dir, make_temp_dir
 from ..runs.errors import RunError
 from ..runs.run_lock import RunLock
 from .storage import sqlite_url
@@ -90,7 +89,8 @@ class StudyDir:
             if abandoned is not None:  # else a live process is still assembling it
                 abandoned.release()
                 shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent))
+        # With the umask's mode (tempfile.mkdtemp's 0700 would stay with the study once renamed).
+        staging = make_temp_dir(target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
         lock = None
         try:
             lock = RunLock.take(staging)
@@ -138,7 +138,8 @@ class StudyDir:
             values = json.loads(self.settings_file.read_text(encoding="utf-8"))
             return StudySettings(**{f.name: values[f.name] for f in fields(StudySettings)})
         except (ValueError, UnicodeDecodeError, KeyError, TypeError) as err:
-            raise RunError(f"{self.settings_file} is not a study's settings: {err!r}") from None
+            raise RunError(f"{self.settings_file} is not a study's settings ({type(err).__name__}: {err}); "
+                           "it is written by fewshot-metaopt tune, which the study folder must come from") from None
 
     def write_settings(self, settings: StudySettings) -> None:
         atomic_write_text(self.settings_file, json.dumps(asdict(settings), indent=2) + "\n")
