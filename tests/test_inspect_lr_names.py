@@ -15,7 +15,7 @@ from fewshot_metaopt.learners import GradientMetaLearner, GradientMetaLearnerCon
 from fewshot_metaopt.models import ResidualConvNet, conv4, mlp, parameter_display_names
 from fewshot_metaopt.runs.errors import RunError
 from fewshot_metaopt.runs.lr_report import format_table, gradient_free, lr_rows, never_moved, notes, plot_lrs
-from test_cli import TINY_TASK, write_task
+from test_cli import write_task
 
 RED = (214, 39, 40)  # matplotlib's tab:red
 
