@@ -84,3 +84,24 @@ def test_meta_training_at_scale_reports_time_and_memory_per_rule(tmp_path):
                      "--shots", "2", "--data-root", str(tmp_path / "absent"), "--rules", "scalable", "l2o")
     rows = [line for line in out.splitlines() if line.startswith(("scalable", "l2o"))]
     assert len(rows) == 2 and all("Glyphs" in row and "failed" not in row for row in rows), out
+
+
+def test_optimizers_on_omniglot_runs_every_group_resumes_and_reports(tmp_path):
+    """On a generated Omniglot (two background alphabets): the grid, the parameter-free
+    optimizers and our three over a learning and an evaluated episode; a second call finds
+    every run done; the report has a row per optimizer."""
+    from omniglot_fixtures import make_omniglot
+
+    make_omniglot(tmp_path / "omniglot")
+    out = tmp_path / "runs.jsonl"
+    args = ["benchmarks/optimizers_on_omniglot.py", "--data-root", str(tmp_path / "omniglot"), "--out", str(out),
+            "--seeds", "1", "--learn-tasks", "1", "--eval-tasks", "1", "--steps", "4", "--batch", "8",
+            "--eval-every", "2", "--tape-meta-steps", "1", "--tape-unroll", "2"]
+    first = run_script(*args)
+    lines = out.read_text().splitlines()
+    assert "MetaNNCombiner" in first and "ControlMetaOptimizer" in first and "DoWG" in first
+    assert "episode" not in run_script(*args).split("\n", 1)[1]  # everything was done already
+    assert out.read_text().splitlines() == lines
+    report = run_script("benchmarks/optimizers_on_omniglot.py", "--report", str(out))
+    rows = [line for line in report.splitlines() if line.startswith(("| tuned |", "| free |", "| ours |"))]
+    assert len(rows) == 3 + 10 + 6, report
