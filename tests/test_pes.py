@@ -216,7 +216,7 @@ def test_one_pes_step_on_a_tiny_convnet_changes_the_rule_only():
 @pytest.mark.parametrize(
     "kwargs, key, message",
     [
-        ({"outer_trainer": "es"}, "outer_trainer", "^unknown outer_trainer 'es'; choose one of tbptt, pes$"),
+        ({"outer_trainer": "es"}, "outer_trainer", r"^unknown outer_trainer 'es'; choose one of tbptt, pes; did you mean 'pes'\?$"),
         ({"outer_trainer": "pes", "pes_particles": 0}, "pes_particles", "^pes_particles must be an integer >= 1, got 0$"),
         ({"pes_particles": 2.5}, "pes_particles", "pes_particles must be an integer >= 1, got 2.5"),
         ({"outer_trainer": "pes", "pes_sigma": -1}, "pes_sigma", r"^pes_sigma must be positive, got -1\.0$"),
