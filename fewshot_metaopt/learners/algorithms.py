@@ -18,18 +18,29 @@ class Algorithm:
     is unset. granularity: the learned-lr granularity when ``lr_granularity`` is unset.
     adapts: ``all`` parameters, the ``head`` only (ANIL), or a warped model's ``warp``-free
     layers. warp_init: for the Warp-Grad algorithms, how the adapted layers' initialisation
-    learns: ``maml`` (MAML's meta-gradient) or ``leap`` (the simplified Leap gradient)."""
+    learns: ``maml`` (MAML's meta-gradient) or ``leap`` (the simplified Leap gradient).
+    strategy: the meta-gradient strategy (``learners/strategies.py``) the algorithm needs, or
+    ``None`` for the default choice (the task loop, or vmapped chunks). proximal: the inner
+    loop minimises the support loss plus ``lambda/2 ||phi - theta||^2`` (iMAML).
+    keys: the config fields read only by the algorithms that list them; a task file that sets
+    one for another algorithm is refused."""
 
     name: str
     first_order: bool = False
     granularity: str = "none"
     adapts: str = "all"
     warp_init: str | None = None
+    strategy: str | None = None
+    proximal: bool = False
+    keys: tuple[str, ...] = ()
 
     @property
     def warped(self) -> bool:
         return self.warp_init is not None
 
+
+WARP_KEYS = ("warp_points", "warp_buffer_size")
+IMAML_KEYS = ("imaml_lambda", "cg_steps", "cg_damping")
 
 ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
 for _algorithm in (
@@ -37,9 +48,22 @@ for _algorithm in (
     Algorithm("fomaml", first_order=True),
     Algorithm("meta_sgd", granularity="per_parameter"),
     Algorithm("anil", adapts="head"),
-    Algorithm("warp_maml", adapts="warp", warp_init="maml"),
-    Algorithm("warp_leap", adapts="warp", warp_init="leap"),
+    Algorithm("warp_maml", adapts="warp", warp_init="maml", keys=WARP_KEYS),
+    Algorithm("warp_leap", adapts="warp", warp_init="leap", keys=WARP_KEYS),
+    # iMAML (Rajeswaran et al. 2019): a proximal inner loop that keeps no graph, and the implicit
+    # meta-gradient solved by conjugate gradient (learners/implicit_gradient.py).
+    Algorithm("imaml", strategy="implicit", proximal=True, keys=IMAML_KEYS),
 ):
     ALGORITHMS.register(_algorithm.name, _algorithm)
 
 WARP_ALGORITHMS = tuple(name for name in ALGORITHMS if ALGORITHMS[name].warped)
+
+
+def algorithms_reading(key: str) -> list[str]:
+    """The algorithms that list ``key`` among their own config keys (``Algorithm.keys``)."""
+    return [name for name in ALGORITHMS if key in ALGORITHMS[name].keys]
+
+
+def owned_keys() -> set[str]:
+    """Every config key that only some algorithms read."""
+    return {key for name in ALGORITHMS for key in ALGORITHMS[name].keys}

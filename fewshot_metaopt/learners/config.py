@@ -27,6 +27,7 @@ class GradientMetaLearnerConfig:
 
     algorithm: ``maml``, ``fomaml`` (MAML with first-order meta-gradients), ``meta_sgd``
         (per-parameter learned inner lrs, Li et al. 2017), ``anil`` (only the head adapts),
+        ``imaml`` (implicit meta-gradients at a proximal inner solution, see ``imaml_lambda``),
         ``warp_maml`` or ``warp_leap`` (Warp-Grad, Flennerhag et al. 2020, on a
         :class:`fewshot_metaopt.warp.WarpedModel`: the warp layers learn from the Warp-Grad
         objective, the adapted layers' initialisation from MAML's meta-gradient or from the
@@ -65,6 +66,13 @@ class GradientMetaLearnerConfig:
         instead of one after another (slower on the CPU, for accelerators).
     vmap_chunk_size: with ``vmap_tasks``, tasks per vmapped chunk; each chunk's meta-gradient
         is taken before the next one runs, which bounds memory (``None``: the whole meta-batch).
+    imaml_lambda, cg_steps, cg_damping: iMAML (``algorithm="imaml"``, Rajeswaran et al. 2019):
+        the inner loop runs ``inner_steps`` steps of the inner rule on the support loss plus
+        ``imaml_lambda / 2 * ||phi - theta||^2`` and keeps no graph; the meta-gradient
+        ``(I + H / imaml_lambda)^-1 grad L_query(phi)`` (H: the support loss's Hessian at the
+        adapted weights) is solved by ``cg_steps`` steps of conjugate gradient on Hessian-vector
+        products, with ``(1 + cg_damping) I + H / imaml_lambda`` as the matrix (0: the exact
+        system; the reference code damps with 1). Memory does not grow with ``inner_steps``.
     precision: ``fp32``, ``bf16`` (autocast on CPU and CUDA) or ``fp16`` (CUDA, with loss
         scaling): the precision of the network's forward passes, inner and outer; losses,
         batch-norm statistics, learned lrs and rule states, and meta-gradients stay float32
@@ -92,6 +100,9 @@ class GradientMetaLearnerConfig:
     vmap_tasks: bool = False
     vmap_chunk_size: int | None = None
     precision: str = "fp32"
+    imaml_lambda: float = 2.0
+    cg_steps: int = 5
+    cg_damping: float = 0.0
 
     def __post_init__(self) -> None:
         checks.choose("algorithm", self.algorithm, ALGORITHMS.names())
@@ -109,6 +120,9 @@ class GradientMetaLearnerConfig:
         checks.positive("inner_lr", self.inner_lr)
         checks.at_least("meta_lr", self.meta_lr, 0)
         checks.optional_positive("meta_grad_clip", self.meta_grad_clip)
+        checks.positive("imaml_lambda", self.imaml_lambda)
+        checks.integer("cg_steps", self.cg_steps, least=1)
+        checks.at_least("cg_damping", self.cg_damping, 0)
         for name in ("warp_points", "warp_buffer_size", "multi_step_anneal_iters", "vmap_chunk_size"):
             checks.at_least(name, getattr(self, name), 0 if name == "multi_step_anneal_iters" else 1)
         if self.algorithm == "warp_leap" and (self.granularity != "none" or self.multi_step_loss):
@@ -126,8 +140,29 @@ class GradientMetaLearnerConfig:
         if self.vmap_tasks and self.allow_unused:
             raise ValueError("vmap_tasks cannot tell an unused parameter from a zero gradient; "
                              "use allow_unused=False or vmap_tasks=False")
+        if self.method.proximal:
+            self._check_implicit()
         if self.vmap_chunk_size is not None and not self.vmap_tasks:
             raise ValueError(f"vmap_chunk_size must be >= 1 and needs vmap_tasks=True, got {self.vmap_chunk_size}")
+
+    def _check_implicit(self) -> None:
+        """iMAML's meta-gradient is the implicit one at the inner solution: it does not pass
+        through the inner updates, so nothing that needs that path applies."""
+        name = repr(self.algorithm)
+        if self.granularity != "none":
+            raise ValueError(f"algorithm {name} learns no inner learning rate (its implicit meta-gradient does not "
+                             f"pass through the inner updates); use lr_granularity=None or 'none', got "
+                             f"{self.lr_granularity!r}")
+        if self.multi_step_loss:
+            raise ValueError(f"algorithm {name} scores the inner solution only; use multi_step_loss=False")
+        if self.first_order is not None:
+            raise ValueError(f"algorithm {name} takes the implicit meta-gradient, set by cg_steps and cg_damping; "
+                             f"first_order does not apply (leave it unset), got {self.first_order}")
+        if self.vmap_tasks:
+            raise ValueError(f"algorithm {name} adapts tasks one after another; use vmap_tasks=False")
+        if self.precision == "fp16":
+            raise ValueError(f"algorithm {name} does not scale its conjugate-gradient solve for fp16; "
+                             "use precision 'fp32' or 'bf16'")
 
     @property
     def method(self) -> Algorithm:

@@ -38,6 +38,7 @@ from ..optim.rules.sgd import SGDRule
 from ..warp.warp_grad import WarpGradTrainer, require_warped
 from .config import GradientMetaLearnerConfig
 from .errors import NonFiniteLossError
+from .proximal import proximal_term
 from .results import EvaluationResult, MetaTrainResult
 from .strategies import strategy_for
 
@@ -147,7 +148,8 @@ class GradientMetaLearner:
     def inner_loop(self, episode: Episode, steps: int, mode: str, task: int, per_step_query: bool, record=None):
         """Adapt on the support set; returns the adapted model, the rule's state and the query
         losses after every step but the last when ``per_step_query``. ``record(params,
-        rule_state, step)`` sees the weights each step starts from.
+        rule_state, step)`` sees the weights each step starts from. For iMAML the loss
+        descended is the support loss plus the proximal term (:mod:`.proximal`).
 
         The support losses are checked for finiteness once, after the loop: a check reads the
         value on the host, which on an accelerator waits for every queued kernel, so one check
@@ -156,10 +158,14 @@ class GradientMetaLearner:
         checked before its point is recorded, so that no non-finite point enters a buffer.
         """
         seen: list[Tensor] = []
+        proximal = (proximal_term(self.model, self.adapted, self.config.imaml_lambda, differentiable=mode != "eval")
+                    if self.config.method.proximal else None)
 
         def support_loss(fmodel, step: int) -> Tensor:
             out = self.forward(fmodel, episode.support_x, task, "support")
             loss = self.loss(out, episode.support_y, task, "support")
+            if proximal is not None:
+                loss = loss + proximal(fmodel)
             if record is not None:
                 return self.checked(loss, task, "support", step)
             seen.append(loss.detach())

@@ -18,6 +18,7 @@ from .config import GradientMetaLearnerConfig
 class MetaLearner(Protocol):
     config: GradientMetaLearnerConfig
     model: nn.Module
+    adapted: List[str]
     device: torch.device
     warp: Optional[WarpGradTrainer]
 

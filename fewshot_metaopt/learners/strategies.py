@@ -8,6 +8,7 @@ from typing import Callable, List
 from ..episodes.episode import Episode
 from ..registry import Registry
 from .config import GradientMetaLearnerConfig
+from .implicit_gradient import accumulate_implicit_meta_gradient
 from .interface import MetaLearner
 from .results import MetaTrainResult
 from .task_loop import accumulate_task_loop_meta_gradient
@@ -20,11 +21,15 @@ STRATEGIES: Registry[Strategy] = Registry("meta-gradient strategy")
 STRATEGIES.register("task_loop", accumulate_task_loop_meta_gradient)
 STRATEGIES.register("vmapped", accumulate_vmapped_meta_gradient)
 STRATEGIES.register("warp", accumulate_warp_meta_gradient)
+STRATEGIES.register("implicit", accumulate_implicit_meta_gradient)
 
 
 def strategy_for(config: GradientMetaLearnerConfig) -> Strategy:
     """Warp-Grad algorithms learn from trajectories; ``vmap_tasks`` batches same-shaped tasks;
-    everything else loops over the tasks."""
+    an algorithm that names its own strategy (iMAML's implicit one) gets it; everything else
+    loops over the tasks."""
+    if config.method.strategy is not None:
+        return STRATEGIES[config.method.strategy]
     if config.method.warped:
         return STRATEGIES["warp"]
     return STRATEGIES["vmapped" if config.vmap_tasks else "task_loop"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from ..checks import ConfigError, at_least, choose, optional_positive
-from ..learners.algorithms import WARP_ALGORITHMS
+from ..learners.algorithms import owned_keys
 from ..learners.config import GradientMetaLearnerConfig
 from ..meta_training.rule_registry import RULES
 from ..warp.layers import WARP_INITS
@@ -26,8 +26,6 @@ WARP_MODELS = tuple(name for name in MODELS if name.startswith("warp_"))
 # A task's name becomes a folder, runs/<name>-<date>-<time>, so it must stay one plain name:
 # a separator or a leading dot would put the run elsewhere or hide it.
 TASK_NAME = re.compile(r"[\w-][\w.-]{0,99}")
-# The [learner] keys that only the Warp-Grad algorithms read.
-LEARNER_WARP_KEYS = ("warp_points", "warp_buffer_size")
 # ``sgd`` is the learner's own rule; the others are the learned rules a MetaOptimizer builds.
 INNER_OPTIMIZERS = ("sgd", *RULES.names())
 
@@ -294,10 +292,11 @@ class TopLevel:
 
 
 def learner_applicable(config: GradientMetaLearnerConfig) -> set[str]:
-    """The ``[learner]`` keys ``config``'s algorithm reads: all but the Warp-Grad ones, which
-    only the Warp-Grad algorithms read."""
+    """The ``[learner]`` keys ``config``'s algorithm reads: all but those that only other
+    algorithms read (``Algorithm.keys``: the Warp-Grad algorithms' ``warp_*``, iMAML's
+    ``imaml_lambda``, ``cg_steps`` and ``cg_damping``)."""
     names = {f.name for f in fields(config)}
-    return names if config.algorithm in WARP_ALGORITHMS else names - set(LEARNER_WARP_KEYS)
+    return (names - owned_keys()) | set(config.method.keys)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..checks import ConfigError
-from ..learners.algorithms import WARP_ALGORITHMS
+from ..learners.algorithms import WARP_ALGORITHMS, algorithms_reading
 from ..learners.config import GradientMetaLearnerConfig
 from ..meta_training.meta_optimizer import MetaOptimizerConfig
 from .errors import RunError
@@ -245,7 +245,7 @@ def _section(cls: type, prefix: str, given: Mapping[str, Any], origins: Origins,
     applicable = _applicable(settings)
     for name in checked:
         if name not in applicable:
-            problems.add(f"{key(name)} in {origins.of(key(name))} {_why_not(settings, prefix)}")
+            problems.add(f"{key(name)} in {origins.of(key(name))} {_why_not(settings, prefix, name)}")
     return settings
 
 
@@ -279,7 +279,7 @@ def _built(cls: type, prefix: str, checked: dict[str, Any], origins: Origins, pr
             return None
 
 
-def _why_not(settings: Any, prefix: str) -> str:
+def _why_not(settings: Any, prefix: str, name: str) -> str:
     if isinstance(settings, DataSettings):
         return f"does not apply to data.dataset {settings.dataset!r}"
     if isinstance(settings, ModelSettings):
@@ -287,7 +287,8 @@ def _why_not(settings: Any, prefix: str) -> str:
     if isinstance(settings, ScheduleSettings):
         return f"does not apply to meta_schedule.name {settings.name!r}"
     if isinstance(settings, GradientMetaLearnerConfig):
-        return f"does not apply to learner.algorithm {settings.algorithm!r} (only to 'warp_maml' and 'warp_leap')"
+        readers = " and ".join(repr(reader) for reader in algorithms_reading(name))
+        return f"does not apply to learner.algorithm {settings.algorithm!r} (only to {readers})"
     if isinstance(settings, LoggingSettings):
         return "is read only when its tracker is on: logging.wandb = true for wandb_*, logging.mlflow = true for mlflow_*"
     return f"does not apply to {prefix}method {getattr(settings, 'method', '')!r}"
@@ -309,6 +310,10 @@ def _cross_checks(task: TaskConfig, origins: Origins, problems: Problems) -> Non
     if task.inner_optimizer.method == "warp_grad":
         fail("inner_optimizer.method", WARP_GRAD_RULE)
     _warp_checks(task, origins, problems)
+    if task.learner.method.proximal and task.inner_optimizer.method != "sgd":
+        # The implicit meta-gradient reaches the initialisation only: a learned rule would never learn.
+        fail("inner_optimizer.method", f"learner.algorithm {task.learner.algorithm!r} meta-learns the initialisation "
+                                       f"only, so inner_optimizer.method must be 'sgd', got {task.inner_optimizer.method!r}")
     try:
         task.meta_optimizer_config()
     except ValueError as err:
