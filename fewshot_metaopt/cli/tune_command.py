@@ -100,9 +100,9 @@ def run(args: argparse.Namespace, command: Sequence[str], echo: Callable[[str], 
             report = tuner.report()
             echo(report.text())
         if report.best is None:
-            failed = next((r.note for r in report.rows if r.state == "fail" and r.note), None)
-            raise RunError(f"no trial of the study completed{f'; one failed with: {failed}' if failed else ''}; "
-                           f"the trials: {report.table}")
+            noted = next((r for r in report.rows if r.note), None)
+            why = f"; trial {noted.number} ({noted.state}): {noted.note}" if noted else ""
+            raise RunError(f"no trial of the study completed{why}; the trials: {report.table}")
         echo(f"best: trial {report.best.number}, validation {report.metric} {report.best.value:.4f}; "
              f"its task: {report.best_task} (fewshot-metaopt train {report.best_task})")
         echo(f"trials: {report.table}; plot: {report.plot}")

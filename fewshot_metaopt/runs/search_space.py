@@ -154,11 +154,11 @@ def _entries(table: Mapping[str, Any], sections: Mapping[str, type]) -> Iterator
     """``(dotted key, distribution)`` from ``learner.inner_lr = {...}`` (TOML nests it under
     ``learner``) and from ``"learner.inner_lr" = {...}`` alike."""
     for name, value in table.items():
-        if name in sections and isinstance(value, Mapping):
-            for key, spec in value.items():
-                yield f"{name}.{key}", spec
-        elif "." in name:
+        if "." in name:
             yield name, value
+        elif isinstance(value, Mapping) and not (len(value) == 1 and next(iter(value)) in KINDS):
+            for key, spec in value.items():  # a section's keys (a misspelt section is named by _dimension)
+                yield f"{name}.{key}", spec
         else:
             raise _fail(name, f"a [{SEARCH}] key names a task key as section.name (for example "
                               f"learner.inner_lr = {EXAMPLE}); sections are {', '.join(sorted(sections))}")

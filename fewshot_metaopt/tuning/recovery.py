@@ -20,17 +20,25 @@ from typing import Any
 from .optuna_import import optuna
 
 
+def _callback_class() -> Any:
+    storages = optuna().storages
+    # Optuna 4.9 renamed it; the behaviour is the same.
+    return getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+
+
 def retry(study: Any, trial: Any) -> None:
     """Queue ``trial`` (failed) again with its values, intermediate scores and run directory."""
-    optuna().storages.RetryFailedTrialCallback(inherit_intermediate_values=True)(study, trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna().exceptions.ExperimentalWarning)  # stable since Optuna 2.8
+        callback = _callback_class()(inherit_intermediate_values=True)
+    callback(study, trial)
 
 
 def retried_number(trial: Any) -> int | None:
     """The number of the dead trial that ``trial`` was queued to continue, or None."""
-    module = optuna()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", module.exceptions.ExperimentalWarning)  # a stable reader, labelled so
-        return module.storages.RetryFailedTrialCallback.retried_trial_number(trial)
+        warnings.simplefilter("ignore", optuna().exceptions.ExperimentalWarning)
+        return _callback_class().retried_trial_number(trial)
 
 
 def _retried(trials: list) -> set[int]:

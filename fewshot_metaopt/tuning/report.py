@@ -8,7 +8,7 @@
   ``fewshot-metaopt train`` (absent until a trial completes).
 * ``plots/study.png`` — left, the optimisation history (each trial's score, pruned trials at
   their last score, the best so far); right, each searched key's importance (PED-ANOVA over
-  the complete trials, Watanabe et al. 2023; it needs two of them).
+  the complete trials, Watanabe et al. 2023; it needs a few of them).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class TrialRow:
 @dataclass(frozen=True)
 class StudyReport:
     """The trials (in number order), the best complete one (None before any completes), the
-    importance of each searched key (empty with fewer than two complete trials) and the files
+    importance of each searched key (empty until enough trials are complete to tell the keys apart) and the files
     written."""
 
     metric: str
@@ -98,11 +98,14 @@ def _importances(study: Any, complete: int) -> dict[str, float]:
     evaluator = getattr(module.importance, "PedAnovaImportanceEvaluator", None)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", module.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore")  # experimental; "too few trials to tell the keys apart"
             found = module.importance.get_param_importances(study, evaluator=evaluator and evaluator())
     except (ImportError, ValueError, RuntimeError, ZeroDivisionError):  # no scikit-learn; scores all equal
         return {}
-    return {key: value for key, value in found.items() if math.isfinite(value)}
+    found = {key: value for key, value in found.items() if math.isfinite(value)}
+    if len(found) > 1 and max(found.values()) - min(found.values()) < 1e-12:
+        return {}  # equal shares: the evaluator could not tell the keys apart, which says nothing
+    return found
 
 
 def write_report(folder: StudyDir, settings: StudySettings, study: Any, base: TaskConfig,
@@ -188,7 +191,7 @@ def _plot(path: Path, rows: list[TrialRow], settings: StudySettings, importances
         importance.set(xlabel="importance (PED-ANOVA, normalised)", title="parameter importances")
     else:
         importance.set_axis_off()
-        importance.text(0.5, 0.5, "parameter importances need two complete trials\nwith different scores",
+        importance.text(0.5, 0.5, "parameter importances need more complete trials\nwith different scores",
                         ha="center", va="center", transform=importance.transAxes)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path) as f:

@@ -4,7 +4,8 @@ the sampler proposed, scored and pruned at its validation points.
 The objective is the best validation score the run reached (the score of the checkpoint the
 run keeps and tests): accuracy, maximised, for classification; the mean squared error,
 minimised, for regression (sinusoid). A pruned run stops with a checkpoint and its
-``results.json`` (``"status": "stopped"``) like any run a callback stops. A trial that was
+``results.json`` (``"status": "stopped"``) like any run a callback stops. A run that diverges
+is recorded as pruned too, with the reason, so that the sampler steers away from its values. A trial that was
 running when its process died is queued again with the same values (:mod:`.recovery`), and
 the new trial continues the dead one's run directory from its last checkpoint.
 """
@@ -23,9 +24,9 @@ from ..runs.train_api import TrainedRun, resume, train
 from .optuna_import import optuna
 from .study_dir import StudyDir
 
-# A trial with one of these fails and the study goes on: its values made an invalid task, or
-# its training diverged. Anything else (a bug, a full disk) ends the study.
-TRIAL_FAILURES = (RunError, ValueError, FloatingPointError)
+# A trial with one of these fails and the study goes on: its values made an invalid task (or
+# data the task cannot use). Anything else (a bug, a full disk) ends the study.
+TRIAL_FAILURES = (RunError, ValueError)
 
 
 class PruneTrial(Callback):
@@ -81,6 +82,12 @@ class Objective:
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # queued again when the study resumes
             raise
+        except FloatingPointError as err:
+            # Diverged (a loss or meta-gradient went non-finite): its values are bad ones, which
+            # the sampler learns from a pruned trial (a failed one it ignores).
+            reason = f"diverged: {' '.join(str(err).split())}"
+            trial.set_user_attr("error", reason)
+            raise optuna().TrialPruned(reason) from None
         except TRIAL_FAILURES as err:
             trial.set_user_attr("error", " ".join(str(err).split()) or type(err).__name__)
             raise

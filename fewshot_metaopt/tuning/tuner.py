@@ -258,10 +258,11 @@ class _Announce:
         if state == "complete":
             best = " (best so far)" if study.best_trial.number == trial.number else ""
             line = f"trial {trial.number} complete: {metric} {trial.value:.4f}{best}"
+        elif state == "pruned" and trial.user_attrs.get("error"):
+            line = f"trial {trial.number} pruned: {trial.user_attrs['error']}"
         elif state == "pruned":
             last = trial.intermediate_values
-            line = (f"trial {trial.number} pruned at iteration {max(last)}: {metric} {last[max(last)]:.4f}" if last
-                    else f"trial {trial.number} pruned")
+            line = f"trial {trial.number} pruned at iteration {max(last)}: {metric} {last[max(last)]:.4f}"
         else:
             line = f"trial {trial.number} failed: {trial.user_attrs.get('error') or 'see the log'}"
         self.echo(f"{line} | {values} | {where}")
