@@ -144,7 +144,8 @@ def test_machines_share_a_study_through_a_database(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--trials", "2"], "tune needs a TASKFILE (or --resume STUDY_DIR)"),
     (["TASK"], "tune needs --trials N: the number of trials the study runs"),
-    (["TASK", "--resume", "x"], "--resume continues STUDY_DIR with the task and settings it started with; drop TASKFILE"),
+    (["TASK", "--resume", "x", "--set", "seed=2"],
+     "--resume continues STUDY_DIR with the task and settings it started with; drop TASKFILE, --set"),
     (["--resume", "nowhere"], "nowhere is not a study folder (it does not exist)"),
     (["TASK", "--trials", "1", "--set", "validation.every=0"], "validation.every is 0; set validation.every"),
     (["TASK", "--trials", "1", "--storage", "nosuchdb://x"], "cannot open the study storage nosuchdb://x"),

@@ -23,7 +23,10 @@ study folder (or the database --storage names), so a killed study resumes with -
 loses no finished trial. It ends with the table of trials, the best task file (best.toml) and
 the optimisation-history / parameter-importance plot (plots/study.png)."""
 
-NEW_STUDY_ONLY = ("task", "overrides", "out", "study_name", "sampler", "pruner", "prune_after", "data_root")
+# What only a new study takes (a resumed one keeps what it started with), by how it is written.
+NEW_STUDY_ONLY = {"task": "TASKFILE", "overrides": "--set", "out": "--out", "study_name": "--study-name",
+                  "sampler": "--sampler", "pruner": "--pruner", "prune_after": "--prune-after",
+                  "data_root": "--data-root"}
 
 
 def add_parser(commands) -> None:
@@ -64,11 +67,10 @@ def default_out(task: TaskConfig) -> Path:
 
 def _opened(args: argparse.Namespace) -> tuple[HyperparameterTuner, int]:
     if args.resume is not None:
-        given = [name for name in NEW_STUDY_ONLY if getattr(args, name) not in (None, [])]
+        given = [flag for name, flag in NEW_STUDY_ONLY.items() if getattr(args, name) not in (None, [])]
         if given:
-            flags = ", ".join("TASKFILE" if n == "task" else f"--{n.replace('_', '-')}" for n in given)
             raise RunError(f"--resume continues STUDY_DIR with the task and settings it started with; "
-                           f"drop {flags}")
+                           f"drop {', '.join(given)}")
         tuner = HyperparameterTuner.resume(args.resume, storage=args.storage)
         return tuner, args.trials or tuner.settings.trials
     if args.task is None:

@@ -252,7 +252,7 @@ class _Announce:
 
     def __call__(self, study: Any, trial: Any) -> None:
         state = trial.state.name.lower()
-        values = describe_values(self.tuner.space.sample(optuna().trial.FixedTrial(trial.params)))
+        values = describe_values(trial.params)
         metric = f"validation {self.tuner.settings.metric}"
         where = trial.user_attrs.get("run_dir", "no run directory")
         if state == "complete":
@@ -260,9 +260,11 @@ class _Announce:
             line = f"trial {trial.number} complete: {metric} {trial.value:.4f}{best}"
         elif state == "pruned" and trial.user_attrs.get("error"):
             line = f"trial {trial.number} pruned: {trial.user_attrs['error']}"
-        elif state == "pruned":
+        elif state == "pruned" and trial.intermediate_values:
             last = trial.intermediate_values
             line = f"trial {trial.number} pruned at iteration {max(last)}: {metric} {last[max(last)]:.4f}"
+        elif state == "pruned":
+            line = f"trial {trial.number} pruned"
         else:
             line = f"trial {trial.number} failed: {trial.user_attrs.get('error') or 'see the log'}"
         self.echo(f"{line} | {values} | {where}")
