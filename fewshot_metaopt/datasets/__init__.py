@@ -2,9 +2,11 @@
 
 from ..episodes.task_family import TaskFamily
 from .base import ClassImageDataset
+from .cifar_fs import CIFARFS
+from .fc100 import FC100
 from .glyphs import Glyphs
 from .miniimagenet import MiniImageNet
 from .omniglot import Omniglot
 from .sinusoid import Sinusoid
 
-__all__ = ["ClassImageDataset", "Glyphs", "MiniImageNet", "Omniglot", "Sinusoid", "TaskFamily"]
+__all__ = ["CIFARFS", "FC100", "ClassImageDataset", "Glyphs", "MiniImageNet", "Omniglot", "Sinusoid", "TaskFamily"]
