@@ -20,7 +20,7 @@ from fewshot_metaopt.tuning import trial_objective
 from fewshot_metaopt.tuning.optuna_import import optuna as lazy_optuna
 from fewshot_metaopt.tuning.storage import open_storage, shown
 from fewshot_metaopt.tuning.study_dir import StudyDir, StudySettings
-from fewshot_metaopt.tuning.tuner import WorkerPlan, work
+from fewshot_metaopt.tuning.tuner import WorkerPlan, last_line_of, work
 
 # Sinusoid regression with a tiny MLP: a trial of 6 iterations takes well under a second.
 SINUSOID = """
@@ -246,6 +246,14 @@ def test_bad_search_settings_from_python(tmp_path):
         # A worker that finds the study's trials all begun runs none.
         work(WorkerPlan(str(tuner.folder.path), tuner.storage, index=1, trials=1, target=0))
         assert tuner.study().get_trials() == []
+
+
+def test_a_failed_worker_is_reported_by_the_last_line_of_its_log(tmp_path):
+    log = tmp_path / "worker-1.log"
+    log.write_text("meta-train:  40%|####      | 2/5\rTraceback (most recent call last):\n  ...\n"
+                   "fewshot_metaopt.runs.errors.RunError: data.root is gone\n\n")
+    assert last_line_of(str(log)) == ": fewshot_metaopt.runs.errors.RunError: data.root is gone"
+    assert last_line_of(str(tmp_path / "never-written.log")) == "" and last_line_of(None) == ""
 
 
 def test_failed_and_interrupted_trials_from_python(tmp_path, monkeypatch):

@@ -237,7 +237,8 @@ class HyperparameterTuner:
         failed = [(plan, p.exitcode) for plan, p in zip(plans, processes) if p.exitcode != 0]
         if failed:
             plan, code = failed[0]
-            raise RunError(f"worker {plan.index} stopped with exit code {code}; its log: {plan.log}")
+            raise RunError(f"worker {plan.index} stopped with exit code {code}{last_line_of(plan.log)}; "
+                           f"its log: {plan.log}")
 
     def report(self) -> StudyReport:
         """Write ``trials.csv``, ``best.toml`` and ``plots/study.png``; what they hold."""
@@ -290,6 +291,16 @@ def work(plan: WorkerPlan, echo: Callable[[str], None] = print, tuner: Hyperpara
     objective = Objective(tuner.folder, tuner.settings.folder_id, tuner.task, tuner.space, plan.device, plan.command)
     study.optimize(objective, n_trials=plan.trials, catch=TRIAL_FAILURES,
                    callbacks=[_Announce(tuner, plan.target, echo)])
+
+
+def last_line_of(log: str | None) -> str:
+    """``: <the last line of the worker's log>`` (its error), or nothing when there is none."""
+    try:
+        text = Path(log).read_text(encoding="utf-8", errors="replace") if log else ""
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    return f": {lines[-1]}" if lines else ""
 
 
 def _echo_line(line: str) -> None:
