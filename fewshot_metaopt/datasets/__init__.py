@@ -8,5 +8,6 @@ from .glyphs import Glyphs
 from .miniimagenet import MiniImageNet
 from .omniglot import Omniglot
 from .sinusoid import Sinusoid
+from .tiered_imagenet import TieredImageNet
 
-__all__ = ["CIFARFS", "FC100", "ClassImageDataset", "Glyphs", "MiniImageNet", "Omniglot", "Sinusoid", "TaskFamily"]
+__all__ = ["CIFARFS", "FC100", "ClassImageDataset", "Glyphs", "MiniImageNet", "Omniglot", "Sinusoid", "TaskFamily", "TieredImageNet"]
