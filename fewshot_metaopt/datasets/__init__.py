@@ -6,8 +6,9 @@ from .cifar_fs import CIFARFS
 from .fc100 import FC100
 from .glyphs import Glyphs
 from .miniimagenet import MiniImageNet
+from .miniimagenet_hdf5 import MiniImageNetHDF5
 from .omniglot import Omniglot
 from .sinusoid import Sinusoid
 from .tiered_imagenet import TieredImageNet
 
-__all__ = ["CIFARFS", "FC100", "ClassImageDataset", "Glyphs", "MiniImageNet", "Omniglot", "Sinusoid", "TaskFamily", "TieredImageNet"]
+__all__ = ["CIFARFS", "FC100", "ClassImageDataset", "Glyphs", "MiniImageNet", "MiniImageNetHDF5", "Omniglot", "Sinusoid", "TaskFamily", "TieredImageNet"]
