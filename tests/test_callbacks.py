@@ -172,3 +172,41 @@ def test_every_callback_closes_even_when_one_fails_to():
     base = Callback()
     assert base.on_iteration_end(None) is None and base.on_validation(None) is None
     assert base.on_checkpoint(None) is None and base.on_finish(None) is None
+
+
+def test_a_failing_final_test_tells_the_callbacks(tmp_path, monkeypatch):
+    from fewshot_metaopt.runs import RunError, checkpoint_pair
+
+    def lost(run):
+        raise RunError("the checkpoint went missing")
+
+    monkeypatch.setattr(checkpoint_pair, "checkpoint_for_use", lost)
+    seen = Recorder()
+    with pytest.raises(RunError, match="went missing"):
+        train(tiny(tmp_path), tmp_path / "run", callbacks=[seen])
+    assert [(r.status, r.reason) for r in seen.of("finish")] == [("failed", "the checkpoint went missing")]
+
+
+def test_a_resume_that_is_refused_leaves_the_run_unlocked(tmp_path, monkeypatch):
+    from fewshot_metaopt.learners import GradientMetaLearner
+    from fewshot_metaopt.runs import RunError
+    from fewshot_metaopt.runs.run_dir import RunDir
+
+    real = GradientMetaLearner.meta_train_step
+    calls = []
+
+    def stop_in_the_fourth(self, episodes):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, episodes)
+
+    monkeypatch.setattr(GradientMetaLearner, "meta_train_step", stop_in_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path), tmp_path / "run")
+    monkeypatch.undo()
+    config = tmp_path / "run/config.toml"
+    config.write_text(config.read_text().replace("inner_lr = 0.3", "inner_lr = 0.2"))
+    with pytest.raises(RunError, match="no longer matches"):
+        resume(tmp_path / "run")
+    RunDir.open(tmp_path / "run").lock().release()  # not held by the refused resume

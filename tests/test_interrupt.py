@@ -108,3 +108,12 @@ def test_resuming_with_the_printed_command_keeps_the_machine_options(tmp_path):
 
     args = build_parser().parse_args(["train", "--resume", "r"])
     assert resume_command(args, RunDir("r"), Group()) == "fewshot-metaopt train --resume r --nproc 4"
+
+
+def test_the_notice_is_skipped_where_stderr_has_no_descriptor(monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with InterruptGuard() as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert guard.requested and sys.stderr.getvalue() == ""
