@@ -210,3 +210,26 @@ def test_a_resume_that_is_refused_leaves_the_run_unlocked(tmp_path, monkeypatch)
     with pytest.raises(RunError, match="no longer matches"):
         resume(tmp_path / "run")
     RunDir.open(tmp_path / "run").lock().release()  # not held by the refused resume
+
+
+def test_the_command_line_reports_a_stop_and_an_interrupted_final_test(tmp_path, capsys, monkeypatch):
+    from fewshot_metaopt.cli import main
+    from fewshot_metaopt.cli import train_command
+    from fewshot_metaopt.runs.trainer import Trainer
+
+    class Stopping(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, callbacks=[Recorder({("iteration", 2): "enough for the test"})], **kwargs)
+
+    monkeypatch.setattr(train_command, "Trainer", Stopping)
+    assert main(["train", str(write_task(tmp_path)), "--out", str(tmp_path / "run")]) == 0
+    assert "stopped at iteration 2 by Recorder: enough for the test" in capsys.readouterr().out
+
+    def ctrl_c(self, run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_test_and_record", ctrl_c)
+    assert main(["train", str(write_task(tmp_path)), "--out", str(tmp_path / "other"), "--threads", "1"]) == 130
+    out = capsys.readouterr().out
+    assert f"interrupted; the run keeps its last checkpoint, {tmp_path / 'other/checkpoints/last.pt'}" in out
+    assert f"continue with: fewshot-metaopt train --resume {tmp_path / 'other'} --threads 1" in out

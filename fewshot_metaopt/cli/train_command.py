@@ -164,11 +164,12 @@ def _train(task: TaskConfig, trainer: Trainer, run_dir: RunDir, echo: Callable[[
     describe(task, trainer, run_dir, echo)
     try:
         trainer.train(run_dir)
+        result = trainer.finish(run_dir)
     except Interrupted as stop:
         echo(f"interrupted at iteration {stop.iteration}; the checkpoint {run_dir.last_checkpoint} holds it")
         echo(f"continue with: {resume}")
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C, or one during the final test
         if run_dir.last_checkpoint.is_file():
             echo(f"interrupted; the run keeps its last checkpoint, {run_dir.last_checkpoint}")
             echo(f"continue with: {resume}")
@@ -177,7 +178,6 @@ def _train(task: TaskConfig, trainer: Trainer, run_dir: RunDir, echo: Callable[[
         kept = (f"the run in {run_dir.path} keeps its last checkpoint, {run_dir.last_checkpoint}"
                 if run_dir.last_checkpoint.is_file() else f"no checkpoint of the run in {run_dir.path} was written")
         raise RunError(f"{err} ({kept})") from None
-    result = trainer.finish(run_dir)
     p = trainer.progress
     if p.stopped_by is not None:
         echo(f"stopped at iteration {p.iteration} by {p.stopped_by}")

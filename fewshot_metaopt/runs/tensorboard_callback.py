@@ -33,8 +33,9 @@ class TensorBoardCallback(Callback):
     def __init__(self, log_dir: Path, resumed_at: int = 0) -> None:
         tensorboard = require("torch.utils.tensorboard", "tensorboard", "logging.tensorboard")
         self.log_dir = Path(log_dir)
-        # Events of the steps after the checkpoint are dropped: the resumed run writes them again.
-        self.writer = tensorboard.SummaryWriter(str(self.log_dir), purge_step=resumed_at + 1 if resumed_at else None)
+        # Events of the steps after the checkpoint are dropped: the resumed run writes them again
+        # (all of them for a run that starts again from 0; in a new run there is nothing to drop).
+        self.writer = tensorboard.SummaryWriter(str(self.log_dir), purge_step=resumed_at + 1)
 
     def on_iteration_end(self, record: IterationEnd) -> None:
         w, step = self.writer, record.iteration
