@@ -102,12 +102,15 @@ class Choice:
 Dimension = typing.Union[Range, Choice]
 
 
+# What to write for a key of each type a range may draw (any other type takes a choice).
+RANGES_FOR = {int: "int = [low, high] or log_int", float: "uniform = [low, high] or log_uniform"}
+
+
 def _range(kind: str, integer: bool, log: bool) -> Callable[[str, Any, Any], Range]:
     def parse(key: str, bounds: Any, hint: Any) -> Range:
         takes = _plain(hint)
         if takes is not (int if integer else float):
-            other = {int: "int = [low, high] or log_int", float: "uniform = [low, high] or log_uniform"}.get(takes,
-                                                                                                           "choice = [...]")
+            other = RANGES_FOR.get(takes, "choice = [...]")
             raise _fail(key, f"{kind} draws {'integers' if integer else 'numbers'}, but {key} takes "
                              f"{describe(takes)}; use {other}")
         if not (isinstance(bounds, list) and len(bounds) == 2 and all(map(_number, bounds))):

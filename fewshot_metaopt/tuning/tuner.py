@@ -58,8 +58,9 @@ def check_space(task: TaskConfig, space: SearchSpace, source: str) -> None:
             try:
                 task_from_dict(apply(task.to_dict(), {dimension.key: value}), "the search")
             except RunError as err:
-                reason = " ".join(str(err).removeprefix("the search: ").split())
-                raise RunError(f"{source}: [search] {dimension.key} at {where} gives an invalid task: {reason}") from None
+                reason = " ".join(str(err).replace("the search: ", "").split())
+                raise RunError(f"{source}: [search] {dimension.key} at {where} gives an invalid task: "
+                               f"{reason}") from None
 
 
 def task_text(task: TaskConfig, space: SearchSpace, path: Path) -> str:
