@@ -501,6 +501,11 @@ def per_seed(rs: list[dict], value: Callable[[dict], float | None]) -> list[floa
     return out
 
 
+def paired(r: dict, reference: dict[tuple[int, int], float]) -> float | None:
+    key = (r["seed"], r["episode"])
+    return 100 * (r["final_acc"] - reference[key]) if key in reference else None
+
+
 def report(path: Path, target_fraction: float) -> None:
     records = read_records(path)
     for net in sorted({r["net"] for r in records}):
@@ -541,9 +546,16 @@ def report(path: Path, target_fraction: float) -> None:
         print(f"\nTarget on each task: {target_fraction:g} x the best tuned baseline's final accuracy on it. "
               "Values: mean ± 95% interval over seeds of each seed's mean over its evaluated tasks; "
               "steps and CPU seconds to the target: median over every evaluated task.\n")
-        print("| group | optimizer | setting | runs | final val acc % | final train loss | steps to target "
-              "| CPU s to target | ms/step | diverged |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        # Paired against the best parameter-free optimizer: the same tasks, inits and batches.
+        free = {key: rs for key, rs in rows.items() if key[0] == "free"}
+        best_free = max(free, key=lambda k: statistics.fmean(r["final_acc"] for r in free[k]), default=None)
+        reference = {(r["seed"], r["episode"]): r["final_acc"] for r in free.get(best_free, [])}
+        if best_free is not None:
+            print(f"Paired difference: accuracy minus {best_free[1]}'s (the best parameter-free optimizer) on "
+                  "the same task, in points, per seed then over seeds.\n")
+        print("| group | optimizer | setting | runs | final val acc % | vs best parameter-free (points) "
+              "| final train loss | steps to target | CPU s to target | ms/step | diverged |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         order = {"tuned": 0, "free": 1, "ours": 2}
         for key in sorted(rows, key=lambda k: (order[k[0]], k[1], k[2])):
             rs = rows[key]
@@ -552,6 +564,7 @@ def report(path: Path, target_fraction: float) -> None:
             median_cpu = statistics.median_low(sorted(c for _, c in reached))
             print(f"| {key[0]} | {key[1]} | {key[2]} | {len(rs)} | "
                   f"{interval(per_seed(rs, lambda r: 100 * r['final_acc']), '.1f')} | "
+                  f"{interval(per_seed(rs, lambda r: paired(r, reference)), '+.1f')} | "
                   f"{interval(per_seed(rs, lambda r: r['train_loss']))} | "
                   f"{'-' if math.isinf(median_steps) else int(median_steps)} | "
                   f"{'-' if math.isinf(median_cpu) else f'{median_cpu:.1f}'} | "
