@@ -135,3 +135,21 @@ def test_plot_names_the_run_it_cannot_draw(tmp_path, capsys):
 def test_runs_are_named_by_their_folder_unless_two_folders_share_a_name():
     assert labels(["runs/a", "runs/b"]) == ["a", "b"]
     assert labels(["x/run", "y/run", "z/other"]) == ["x/run", "y/run", "other"]
+
+
+def test_the_run_s_own_plot_carries_its_test_result(tmp_path, monkeypatch):
+    """train() draws its learning curves with results.json, so the test marker is on them."""
+    from fewshot_metaopt.runs import load_task, train, trainer
+    from test_cli import write_task
+
+    drawn = {}
+
+    def capture(records, path, title, results=None, x="iteration"):
+        drawn.update(path=path, results=results)
+        return path
+
+    monkeypatch.setattr(trainer, "plot_learning_curves", capture)
+    run = train(load_task(write_task(tmp_path)), tmp_path / "run")
+    written = json.loads((run.path / "results.json").read_text())
+    assert drawn["path"] == run.path / "plots" / "learning_curves.png"
+    assert drawn["results"]["mean"] == written["mean"] and drawn["results"]["ci95"] == written["ci95"]

@@ -333,7 +333,7 @@ class Trainer:
         info = run.read_info()
         p = self.progress
         self.health = diagnose(read_metrics(run.metrics), self.task.ways, self.task.regression, result.mean, result.ci95)
-        write_json(run.results, {
+        results = {
             "task": self.task.name,
             "split": self.task.data.test_split,
             "metric": result.metric,
@@ -360,6 +360,7 @@ class Trainer:
             "command": shlex.join(info["command"]),
             "resumed": [shlex.join(r["command"]) for r in info.get("resumed", [])],
             "finished": now(),
-        })
-        plot_learning_curves(read_metrics(run.metrics), run.plots / "learning_curves.png", self.task.name)
+        }
+        write_json(run.results, results)
+        plot_learning_curves(read_metrics(run.metrics), run.plots / "learning_curves.png", self.task.name, results)
         return result
