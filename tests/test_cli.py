@@ -285,7 +285,7 @@ def test_a_missing_task_file_is_one_line_and_writes_nothing(tmp_path, capsys):
 @pytest.mark.parametrize("override, message", [
     ("learner.inner_lrr=0.1", "unknown key 'learner.inner_lrr' in --set learner.inner_lrr=0.1"),
     ("learner.inner_lr=fast", "learner.inner_lr in --set learner.inner_lr=fast must be a number, got 'fast'"),
-    ("learner.algorithm=reptile", "unknown algorithm 'reptile'"),
+    ("learner.algorithm=leo", "unknown algorithm 'leo'"),
     ("inner_optimizer.method=adagrad", "unknown inner_optimizer.method 'adagrad'"),
     ("inner_optimizer.method=warp_grad", 'meta-trains warp layers alone; a run meta-learns a warped model with '
                                          'learner.algorithm = "warp_maml" or "warp_leap"'),

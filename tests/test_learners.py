@@ -321,7 +321,7 @@ def test_unused_parameters_are_named_unless_allowed():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"algorithm": "reptile"}, "unknown algorithm 'reptile'; choose one of maml, fomaml, meta_sgd, anil"),
+        ({"algorithm": "leo"}, "unknown algorithm 'leo'; choose one of maml, fomaml, meta_sgd, anil"),
         ({"inner_steps": 0}, "inner_steps must be >= 1 for meta-training, got 0"),
         ({"inner_steps_eval": -1}, "inner_steps_eval must be >= 0"),
         ({"meta_optimizer": "rmsprop"}, "unknown meta_optimizer 'rmsprop'"),

@@ -124,7 +124,7 @@ MINIMAL = '[train]\niterations = 3\n'
     ("[inner_optimizer]\nhidden_size = 4\n" + MINIMAL,
      "inner_optimizer.hidden_size in {path} does not apply to inner_optimizer.method 'sgd'"),
     ("[data]\ndataset = 'imagenet'\n" + MINIMAL, "{path}: unknown data.dataset 'imagenet'; choose one of glyphs"),
-    ("[learner]\nalgorithm = 'reptile'\n" + MINIMAL, "{path}: [learner] unknown algorithm 'reptile'"),
+    ("[learner]\nalgorithm = 'leo'\n" + MINIMAL, "{path}: [learner] unknown algorithm 'leo'"),
     ("[train]\nmeta_batch = 2\n", "{path}: the budget needs train.iterations or train.minutes"),
     ("[train]\niterations = 0\n", "{path}: train.iterations must be >= 1, got 0"),
     ("[train]\nminutes = -1.0\n", "{path}: train.minutes must be positive, got -1.0"),
@@ -172,8 +172,8 @@ def test_overrides_are_checked_like_the_file_and_blamed_by_name(tmp_path):
         "learner.inner_lr in --set learner.inner_lr=fast must be a number, got 'fast'")
     assert error(MINIMAL, ["learner.inner_lrr=1"], tmp_path).startswith(
         "unknown key 'learner.inner_lrr' in --set learner.inner_lrr=1; did you mean learner.inner_lr?")
-    assert error(MINIMAL, ["learner.algorithm=reptile"], tmp_path).startswith(
-        "--set learner.algorithm=reptile: [learner] unknown algorithm")
+    assert error(MINIMAL, ["learner.algorithm=leo"], tmp_path).startswith(
+        "--set learner.algorithm=leo: [learner] unknown algorithm")
     assert error(MINIMAL, ["train.iterations=0"], tmp_path) == (
         "--set train.iterations=0: train.iterations must be >= 1, got 0")
     assert error(MINIMAL, ["colour.hue=1"], tmp_path).startswith("unknown key 'colour.hue' in --set colour.hue=1; sections are")

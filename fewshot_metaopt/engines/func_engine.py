@@ -67,12 +67,14 @@ class AdaptedModel:
 @dataclass
 class VmappedRun:
     """What :meth:`FuncEngine.vmapped` gives for ``k`` tasks: the query outputs after the last
-    step ``(k, queries, ...)``, the support losses ``(k, steps)`` (values only, for checks), and
-    with ``per_step_query`` the query losses after each earlier step ``(k, steps - 1)``."""
+    step ``(k, queries, ...)``, the support losses ``(k, steps)`` (values only, for checks),
+    with ``per_step_query`` the query losses after each earlier step ``(k, steps - 1)``, and
+    the adapted weights ``{name: (k, *shape)}`` of the adapted parameters."""
 
     query_outputs: Tensor
     support_losses: Tensor
     step_query_losses: Tensor | None
+    adapted: dict[str, Tensor] | None = None
 
 
 class FuncEngine:
@@ -120,17 +122,25 @@ class FuncEngine:
         query_loss: Callable[[AdaptedModel], Tensor] | None = None,
         allow_unused: bool = False,
         record: Recorder | None = None,
+        initial: Mapping[str, Tensor] | None = None,
     ) -> tuple[AdaptedModel, Any, list[Tensor]]:
         """``steps`` rule updates on one task. ``support_loss(fmodel, step)`` is the loss to
         descend at each step; ``query_loss(fmodel)``, when given, is recorded after every step
         but the last; ``record(params, rule_state, step)`` sees the weights each step starts
-        from (``rule_state`` is ``None`` before the first). Returns the adapted model, the
-        rule's state and those query losses."""
+        from (``rule_state`` is ``None`` before the first). ``initial`` gives some parameters
+        this task's own starting values (Proto-MAML's head), in the graph of whatever they were
+        computed from; the others start at the model's. Returns the adapted model, the rule's
+        state and those query losses."""
         if mode not in MODES:
             raise ValueError(f"unknown inner-loop mode {mode!r}; choose one of {', '.join(MODES)}")
         evaluating = mode == "eval"
         adapted = set(self.adapted)
         params = dict(self.model.named_parameters())
+        if initial:
+            # The others enter through aliases, so that the support gradient of each fast weight
+            # is its own partial derivative: it must not run on through the initial weights
+            # (computed from the model's parameters) into those parameters.
+            params = {**{n: p.view_as(p) for n, p in params.items()}, **initial}
         state: Any = None
         query_losses: list[Tensor] = []
         for step in range(steps):
@@ -159,13 +169,20 @@ class FuncEngine:
         mode: str,
         loss: Callable[[Tensor, Tensor], Tensor],
         per_step_query: bool = False,
+        initial: Mapping[str, Tensor] | None = None,
+        batches: Tensor | None = None,
     ) -> VmappedRun:
         """The inner loops of ``k`` tasks stacked along dim 0, in one ``torch.func.vmap``.
 
         ``loss(output, target)`` must be vmap-safe (no data-dependent checks). Differentiable
         back to the model and the rule like ``k`` calls of :meth:`inner_loop`. An adapted
         parameter the support loss does not use gets a zero gradient here (``torch.func``
-        cannot tell it apart), so callers check usage first.
+        cannot tell it apart), so callers check usage first. ``initial`` holds each task's own
+        starting values of some parameters, stacked ``{name: (k, *shape)}`` (as
+        :meth:`inner_loop`'s). ``batches`` ``(k, steps, b)`` holds the indices of the support
+        examples each step descends on (mini-batches of the support set; ``None``: all of
+        them). Run under ``torch.no_grad()`` in ``first_order`` mode, it keeps no graph at all
+        (``torch.func.grad`` still differentiates the support losses).
         """
         if mode not in ("second_order", "first_order"):
             raise ValueError(f"vmapped inner loops are for meta-training; got mode {mode!r}")
@@ -177,12 +194,15 @@ class FuncEngine:
         first_order = mode == "first_order"
         scale = self.loss_scale
 
-        def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
-            params, state = dict(theta), None
+        def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, start: dict[str, Tensor],
+                     chosen: Tensor | None):
+            params, state = {**theta, **start}, None
             support_values, step_losses = [], []
             for step in range(steps):
-                def support(current: dict[str, Tensor], params=params, sx=sx, sy=sy):
-                    value = loss(forward({**params, **current}, sx), sy)
+                bx, by = (sx, sy) if chosen is None else (sx[chosen[step]], sy[chosen[step]])
+
+                def support(current: dict[str, Tensor], params=params, bx=bx, by=by):
+                    value = loss(forward({**params, **current}, bx), by)
                     return value * scale, value.detach()
 
                 current = {n: params[n] for n in self.adapted}
@@ -196,7 +216,10 @@ class FuncEngine:
                 if per_step_query and step < steps - 1:
                     step_losses.append(loss(forward(params, qx), qy))
             per_step = torch.stack(step_losses) if step_losses else qx.new_zeros(0)
-            return forward(params, qx), torch.stack(support_values), per_step
+            adapted = {n: params[n] for n in self.adapted}
+            return forward(params, qx), torch.stack(support_values), per_step, adapted
 
-        outputs, support_values, per_step = torch.func.vmap(one_task)(support_x, support_y, query_x, query_y)
-        return VmappedRun(outputs, support_values, per_step if per_step_query and steps > 1 else None)
+        in_dims = (0, 0, 0, 0, 0, None if batches is None else 0)
+        outputs, support_values, per_step, adapted = torch.func.vmap(one_task, in_dims=in_dims)(
+            support_x, support_y, query_x, query_y, dict(initial or {}), batches)
+        return VmappedRun(outputs, support_values, per_step if per_step_query and steps > 1 else None, adapted)

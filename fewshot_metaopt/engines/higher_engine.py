@@ -14,7 +14,7 @@ the rule is an attribute of the optimizer, never in ``param_groups``, which high
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import higher
 from torch import Tensor, nn
@@ -116,6 +116,7 @@ class HigherEngine:
         query_loss: Callable[[Any], Tensor] | None = None,
         allow_unused: bool = False,
         record: Recorder | None = None,
+        initial: Mapping[str, Tensor] | None = None,
     ) -> tuple[Any, Any, list[Tensor]]:
         """As :meth:`FuncEngine.inner_loop <.func_engine.FuncEngine.inner_loop>`; the adapted
         model is higher's functional module (``fmodel(x)``, ``fmodel.fast_params``)."""
@@ -123,6 +124,9 @@ class HigherEngine:
             raise ValueError(f"unknown inner-loop mode {mode!r}; choose one of {', '.join(MODES)}")
         track = mode != "eval"
         fmodel = higher.monkeypatch(self.model, copy_initial_weights=False, track_higher_grads=track)
+        if initial:
+            # The differentiable optimizer reads its parameters from the fast weights at every step.
+            fmodel.update_params([initial.get(name, p) for name, p in zip(self.names, fmodel.fast_params)])
         diffopt = higher.optim.get_diff_optim(self.optimizer, self.model.parameters(), fmodel=fmodel,
                                               track_higher_grads=track)
         if self.precision.dtype is not None:

@@ -22,6 +22,8 @@ class Algorithm:
     strategy: the meta-gradient strategy (``learners/strategies.py``) the algorithm needs, or
     ``None`` for the default choice (the task loop, or vmapped chunks). proximal: the inner
     loop minimises the support loss plus ``lambda/2 ||phi - theta||^2`` (iMAML).
+    prototype_head: each task's linear head starts from the class prototypes of its support
+    set (Proto-MAML, ``learners/prototype_head.py``).
     keys: the config fields read only by the algorithms that list them; a task file that sets
     one for another algorithm is refused."""
 
@@ -32,15 +34,24 @@ class Algorithm:
     warp_init: str | None = None
     strategy: str | None = None
     proximal: bool = False
+    prototype_head: bool = False
     keys: tuple[str, ...] = ()
 
     @property
     def warped(self) -> bool:
         return self.warp_init is not None
 
+    @property
+    def unrolls(self) -> bool:
+        """Whether the meta-gradient is taken back through the inner steps (MAML's family), so
+        that its order is a choice (``first_order``, ``first_order_until``). Reptile, iMAML
+        and Warp-Leap never differentiate the inner steps."""
+        return self.strategy is None and self.warp_init != "leap"
+
 
 WARP_KEYS = ("warp_points", "warp_buffer_size")
 IMAML_KEYS = ("imaml_lambda", "cg_steps", "cg_damping")
+REPTILE_KEYS = ("reptile_batch_size",)
 
 ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
 for _algorithm in (
@@ -53,6 +64,11 @@ for _algorithm in (
     # iMAML (Rajeswaran et al. 2019): a proximal inner loop that keeps no graph, and the implicit
     # meta-gradient solved by conjugate gradient (learners/implicit_gradient.py).
     Algorithm("imaml", strategy="implicit", proximal=True, keys=IMAML_KEYS),
+    # Reptile (Nichol et al. 2018): the pseudo-gradient theta - phi of plain inner training
+    # (learners/reptile.py); first-order by nature, nothing differentiates the inner steps.
+    Algorithm("reptile", first_order=True, strategy="reptile", keys=REPTILE_KEYS),
+    # Proto-MAML (Triantafillou et al. 2020): MAML from a head built of the support prototypes.
+    Algorithm("proto_maml", prototype_head=True),
 ):
     ALGORITHMS.register(_algorithm.name, _algorithm)
 

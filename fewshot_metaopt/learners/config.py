@@ -28,6 +28,12 @@ class GradientMetaLearnerConfig:
     algorithm: ``maml``, ``fomaml`` (MAML with first-order meta-gradients), ``meta_sgd``
         (per-parameter learned inner lrs, Li et al. 2017), ``anil`` (only the head adapts),
         ``imaml`` (implicit meta-gradients at a proximal inner solution, see ``imaml_lambda``),
+        ``reptile`` (Nichol et al. 2018: the pseudo-gradient ``theta - phi`` of plain inner
+        training, see ``reptile_batch_size``; with ``meta_optimizer="sgd"`` and ``meta_lr=eps``
+        the outer step is ``theta += eps * (mean phi - theta)``), ``proto_maml``
+        (Triantafillou et al. 2020: each task's linear head starts from its support set's class
+        prototypes, ``W_k = 2 c_k``, ``b_k = -||c_k||^2``, then MAML adapts; first-order with
+        ``first_order=True``),
         ``warp_maml`` or ``warp_leap`` (Warp-Grad, Flennerhag et al. 2020, on a
         :class:`fewshot_metaopt.warp.WarpedModel`: the warp layers learn from the Warp-Grad
         objective, the adapted layers' initialisation from MAML's meta-gradient or from the
@@ -38,7 +44,11 @@ class GradientMetaLearnerConfig:
         during meta-training, below zero included, but start as a descent step.
     inner_steps / inner_steps_eval: inner steps when meta-training / evaluating
         (``None``: same as training).
-    first_order: ``None`` follows the algorithm (True only for ``fomaml``).
+    first_order: ``None`` follows the algorithm (True only for ``fomaml`` and ``reptile``).
+    first_order_until: MAML++'s derivative-order annealing (Antoniou et al. 2019): first-order
+        meta-gradients for the first ``first_order_until`` meta-iterations, second order from
+        then on (0: the order ``first_order`` says throughout). For the algorithms that
+        differentiate the inner steps and are not first-order already.
     meta_lr, meta_optimizer: the outer optimizer (``adam`` or ``sgd``) and its lr, finite and
         >= 0 (0 keeps the meta-parameters where they start: an untrained baseline run through
         the same pipeline).
@@ -66,6 +76,10 @@ class GradientMetaLearnerConfig:
         instead of one after another (slower on the CPU, for accelerators).
     vmap_chunk_size: with ``vmap_tasks``, tasks per vmapped chunk; each chunk's meta-gradient
         is taken before the next one runs, which bounds memory (``None``: the whole meta-batch).
+    reptile_batch_size: Reptile's inner steps descend on mini-batches of this many support
+        examples, drawn without replacement and cycled through (``None``: every step on the
+        whole support set, as is a size that covers it). Evaluation adapts on the whole support
+        set.
     imaml_lambda, cg_steps, cg_damping: iMAML (``algorithm="imaml"``, Rajeswaran et al. 2019):
         the inner loop runs ``inner_steps`` steps of the inner rule on the support loss plus
         ``imaml_lambda / 2 * ||phi - theta||^2`` and keeps no graph; the meta-gradient
@@ -103,6 +117,8 @@ class GradientMetaLearnerConfig:
     imaml_lambda: float = 2.0
     cg_steps: int = 5
     cg_damping: float = 0.0
+    first_order_until: int = 0
+    reptile_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         checks.choose("algorithm", self.algorithm, ALGORITHMS.names())
@@ -123,11 +139,16 @@ class GradientMetaLearnerConfig:
         checks.positive("imaml_lambda", self.imaml_lambda)
         checks.integer("cg_steps", self.cg_steps, least=1)
         checks.at_least("cg_damping", self.cg_damping, 0)
+        checks.integer("first_order_until", self.first_order_until, least=0)
+        if self.reptile_batch_size is not None:
+            checks.integer("reptile_batch_size", self.reptile_batch_size, least=1)
         for name in ("warp_points", "warp_buffer_size", "multi_step_anneal_iters", "vmap_chunk_size"):
             checks.at_least(name, getattr(self, name), 0 if name == "multi_step_anneal_iters" else 1)
         if self.algorithm == "warp_leap" and (self.granularity != "none" or self.multi_step_loss):
             raise ValueError("warp_leap does not differentiate the inner loop: learned inner lrs and "
                              "multi_step_loss need warp_maml")
+        if self.method.strategy == "reptile":
+            self._check_reptile()
         if self.method.first_order and self.first_order is False:
             raise ValueError(f"algorithm {self.algorithm!r} is first-order; first_order=False contradicts it")
         if self.uses_first_order and self.granularity != "none":
@@ -142,6 +163,8 @@ class GradientMetaLearnerConfig:
                              "use allow_unused=False or vmap_tasks=False")
         if self.method.proximal:
             self._check_implicit()
+        if self.first_order_until:
+            self._check_annealing()
         if self.vmap_chunk_size is not None and not self.vmap_tasks:
             raise ValueError(f"vmap_chunk_size must be >= 1 and needs vmap_tasks=True, got {self.vmap_chunk_size}")
 
@@ -163,6 +186,32 @@ class GradientMetaLearnerConfig:
         if self.precision == "fp16":
             raise ValueError(f"algorithm {name} does not scale its conjugate-gradient solve for fp16; "
                              "use precision 'fp32' or 'bf16'")
+
+    def _check_reptile(self) -> None:
+        """Reptile's pseudo-gradient does not pass through the inner updates or the query set."""
+        name = repr(self.algorithm)
+        if self.granularity != "none":
+            raise ValueError(f"algorithm {name} learns no inner learning rate (its pseudo-gradient theta - phi does "
+                             f"not pass through the inner updates); use lr_granularity=None or 'none', got "
+                             f"{self.lr_granularity!r}")
+        if self.multi_step_loss:
+            raise ValueError(f"algorithm {name} takes no query loss during adaptation; use multi_step_loss=False")
+
+    def _check_annealing(self) -> None:
+        """Annealing switches the order of a meta-gradient that runs back through the inner steps."""
+        n = self.first_order_until
+        if not self.method.unrolls:
+            raise ValueError(f"first_order_until applies to meta-gradients taken back through the inner steps; "
+                             f"algorithm {self.algorithm!r} never differentiates them; use 0, got {n}")
+        if self.uses_first_order:
+            why = "first_order=True" if self.first_order else f"algorithm {self.algorithm!r}"
+            raise ValueError(f"first_order_until={n} switches to second-order meta-gradients after {n} iterations, "
+                             f"but {why} keeps them first-order throughout; use algorithm 'maml' (or first_order "
+                             "unset) with first_order_until, or first_order_until=0")
+
+    def first_order_at(self, iteration: int) -> bool:
+        """Whether the meta-gradient of meta-iteration ``iteration`` (counted from 0) is first-order."""
+        return self.uses_first_order or iteration < self.first_order_until
 
     @property
     def method(self) -> Algorithm:

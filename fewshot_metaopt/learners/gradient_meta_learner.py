@@ -1,4 +1,5 @@
-"""MAML, first-order MAML, Meta-SGD and ANIL as one learner over an update rule.
+"""MAML, first-order MAML, Meta-SGD, ANIL, Proto-MAML, Reptile and iMAML as one learner over an
+update rule.
 
 Meta-objective, for tasks ``i`` with support set ``S_i`` and query set ``Q_i``::
 
@@ -19,6 +20,7 @@ differentiable optimizer; any rule with the update-rule contract plugs into both
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -38,6 +40,7 @@ from ..optim.rules.sgd import SGDRule
 from ..warp.warp_grad import WarpGradTrainer, require_warped
 from .config import GradientMetaLearnerConfig
 from .errors import NonFiniteLossError
+from .prototype_head import PrototypeHead
 from .proximal import proximal_term
 from .results import EvaluationResult, MetaTrainResult
 from .strategies import strategy_for
@@ -109,6 +112,7 @@ class GradientMetaLearner:
         self.precision = resolve_precision(config.precision, reference.device)
         self.scaler = self.precision.scaler(reference.device)
         self.engine = ENGINES[config.inner_engine](model, self.rule, self.adapted, self.precision)
+        self.prototype_head = self._prototype_head()
         meta_params = list(model.parameters()) + list(self.rule.parameters())
         self.meta_optimizer: torch.optim.Optimizer = OUTER_OPTIMIZERS[config.meta_optimizer](meta_params,
                                                                                            lr=config.meta_lr)
@@ -118,6 +122,12 @@ class GradientMetaLearner:
         if warped:
             self.warp = WarpGradTrainer(model, self.rule, config.warp_buffer_size, config.warp_points, config.loss,
                                         precision=self.precision)
+
+    def _prototype_head(self) -> PrototypeHead | None:
+        """Proto-MAML's head builder, the model run in the learner's precision; else None."""
+        if not self.config.method.prototype_head:
+            return None
+        return PrototypeHead(self.model, self.precision.wrap(self.model, self.device))
 
     @property
     def func_engine(self) -> FuncEngine | None:
@@ -145,11 +155,26 @@ class GradientMetaLearner:
             raise NonFiniteLossError(task, phase, step, float(loss.detach()))
         return loss
 
-    def inner_loop(self, episode: Episode, steps: int, mode: str, task: int, per_step_query: bool, record=None):
+    def initial_weights(self, episode: Episode, task: int, mode: str) -> dict[str, Tensor] | None:
+        """The weights ``episode``'s inner loop starts from where they are not the model's own:
+        Proto-MAML's head from the support prototypes (in the graph of the body unless ``mode``
+        is ``eval``); ``None`` for the other algorithms."""
+        if self.prototype_head is None:
+            return None
+        evaluating = mode == "eval"
+        with torch.no_grad() if evaluating else nullcontext():
+            weights = self.prototype_head(episode.support_x, episode.support_y, task)
+        # Without a graph the engines still differentiate the support loss with regard to them.
+        return {name: w.requires_grad_() for name, w in weights.items()} if evaluating else weights
+
+    def inner_loop(self, episode: Episode, steps: int, mode: str, task: int, per_step_query: bool, record=None,
+                   batches: Sequence[Tensor] | None = None):
         """Adapt on the support set; returns the adapted model, the rule's state and the query
         losses after every step but the last when ``per_step_query``. ``record(params,
-        rule_state, step)`` sees the weights each step starts from. For iMAML the loss
-        descended is the support loss plus the proximal term (:mod:`.proximal`).
+        rule_state, step)`` sees the weights each step starts from. ``batches[step]`` indexes
+        the support examples step ``step`` descends on (Reptile's mini-batches; ``None``: all).
+        For iMAML the loss descended is the support loss plus the proximal term
+        (:mod:`.proximal`); Proto-MAML starts from :meth:`initial_weights`.
 
         The support losses are checked for finiteness once, after the loop: a check reads the
         value on the host, which on an accelerator waits for every queued kernel, so one check
@@ -162,8 +187,10 @@ class GradientMetaLearner:
                     if self.config.method.proximal else None)
 
         def support_loss(fmodel, step: int) -> Tensor:
-            out = self.forward(fmodel, episode.support_x, task, "support")
-            loss = self.loss(out, episode.support_y, task, "support")
+            x, y = (episode.support_x, episode.support_y) if batches is None else (
+                episode.support_x[batches[step]], episode.support_y[batches[step]])
+            out = self.forward(fmodel, x, task, "support")
+            loss = self.loss(out, y, task, "support")
             if proximal is not None:
                 loss = loss + proximal(fmodel)
             if record is not None:
@@ -175,7 +202,7 @@ class GradientMetaLearner:
             return self.loss(self.forward(fmodel, episode.query_x, task, "query"), episode.query_y, task, "query")
 
         adapted = self.engine.inner_loop(steps, mode, support_loss, query_loss if per_step_query else None,
-                                         self.config.allow_unused, record)
+                                         self.config.allow_unused, record, self.initial_weights(episode, task, mode))
         if seen and not bool(torch.isfinite(torch.stack(seen)).all()):
             step = next(k for k, value in enumerate(seen) if not torch.isfinite(value))
             self.checked(seen[step], task, "support", step)
@@ -183,8 +210,9 @@ class GradientMetaLearner:
 
     @property
     def training_mode(self) -> str:
-        """The inner-loop mode of meta-training: ``first_order`` or ``second_order``."""
-        return "first_order" if self.config.uses_first_order else "second_order"
+        """The inner-loop mode of this meta-iteration: ``first_order`` or ``second_order``
+        (first-order before ``first_order_until`` iterations, MAML++'s annealing)."""
+        return "first_order" if self.config.first_order_at(self.iteration) else "second_order"
 
     def backward(self, objective: Tensor, inputs: list[Tensor] | None = None) -> None:
         """Add ``objective``'s gradient to the meta-parameters' ``.grad`` (scaled under fp16,
@@ -324,6 +352,7 @@ class GradientMetaLearner:
             scaler.load_state_dict(self.scaler.state_dict())  # the loss scale carries over
         self.scaler = scaler
         self.engine = ENGINES[self.config.inner_engine](self.model, self.rule, self.adapted, self.precision)
+        self.prototype_head = self._prototype_head()
         if self.warp is not None:
             warp = WarpGradTrainer(self.model, self.rule, self.config.warp_buffer_size, self.config.warp_points,
                                    self.config.loss, precision=self.precision)

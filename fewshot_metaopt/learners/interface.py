@@ -4,7 +4,7 @@ internals and a new strategy needs nothing else."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +38,10 @@ class MetaLearner(Protocol):
     def checked(self, loss: Tensor, task: int, phase: str, step: int) -> Tensor: ...
 
     def inner_loop(self, episode: Episode, steps: int, mode: str, task: int, per_step_query: bool,
-                   record: Optional[Callable] = None) -> tuple[Any, Any, list[Tensor]]: ...
+                   record: Optional[Callable] = None,
+                   batches: Optional[Sequence[Tensor]] = None) -> tuple[Any, Any, list[Tensor]]: ...
+
+    def initial_weights(self, episode: Episode, task: int, mode: str) -> Optional[Dict[str, Tensor]]: ...
 
     def step_weights(self, steps: int) -> Tensor: ...
 

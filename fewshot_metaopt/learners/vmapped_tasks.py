@@ -25,13 +25,13 @@ from .tally import MetaBatchTally
 Chunk = List[Tuple[int, Episode]]
 
 
-def _vmap_safe_loss(kind: str, target: Tensor):
+def vmap_safe_loss(kind: str, target: Tensor):
     if kind == "auto":
         kind = "mse" if target.is_floating_point() else "cross_entropy"
     return F.mse_loss if kind == "mse" else F.cross_entropy
 
 
-def _stacked(chunk: Chunk) -> list[Tensor]:
+def stacked_tasks(chunk: Chunk) -> list[Tensor]:
     """support_x, support_y, query_x, query_y of the chunk's tasks, stacked."""
     stacked = []
     first_task, first = chunk[0]
@@ -46,7 +46,16 @@ def _stacked(chunk: Chunk) -> list[Tensor]:
     return stacked
 
 
-def _check_inputs(learner: MetaLearner, chunk: Chunk) -> None:
+def stacked_initial_weights(learner: MetaLearner, chunk: Chunk, mode: str) -> dict[str, Tensor] | None:
+    """Each task's own starting weights (Proto-MAML's head), stacked for the vmapped loop;
+    ``None`` when every task starts from the model's."""
+    starts = [learner.initial_weights(episode, task, mode) for task, episode in chunk]
+    if starts[0] is None:
+        return None
+    return {name: torch.stack([start[name] for start in starts]) for name in starts[0]}
+
+
+def check_chunk_inputs(learner: MetaLearner, chunk: Chunk) -> None:
     """What the vmapped loop cannot check itself, on concrete tensors: the first task's support
     set fits the model (the chunk shares its shapes), every label is in range, and (once per
     learner) every adapted parameter gets a gradient."""
@@ -71,11 +80,12 @@ def _differentiate_chunk(
     cfg = learner.config
     steps = cfg.inner_steps
     mode = learner.training_mode
-    _check_inputs(learner, chunk)
-    support_x, support_y, query_x, query_y = _stacked(chunk)
+    check_chunk_inputs(learner, chunk)
+    support_x, support_y, query_x, query_y = stacked_tasks(chunk)
     run = learner.func_engine.vmapped(
         support_x, support_y, query_x, query_y, steps, mode,
-        _vmap_safe_loss(cfg.loss, support_y), per_step_query=cfg.multi_step_loss,
+        vmap_safe_loss(cfg.loss, support_y), per_step_query=cfg.multi_step_loss,
+        initial=stacked_initial_weights(learner, chunk, mode),
     )
     kept, bad = [], []
     for i, (task, episode) in enumerate(chunk):

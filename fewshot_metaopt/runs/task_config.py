@@ -310,10 +310,16 @@ def _cross_checks(task: TaskConfig, origins: Origins, problems: Problems) -> Non
     if task.inner_optimizer.method == "warp_grad":
         fail("inner_optimizer.method", WARP_GRAD_RULE)
     _warp_checks(task, origins, problems)
-    if task.learner.method.proximal and task.inner_optimizer.method != "sgd":
-        # The implicit meta-gradient reaches the initialisation only: a learned rule would never learn.
+    method = task.learner.method
+    if not method.unrolls and not method.warped and task.inner_optimizer.method != "sgd":
+        # iMAML's implicit meta-gradient and Reptile's pseudo-gradient reach the initialisation
+        # only: a learned rule would never learn (Warp-Leap has a line of its own).
         fail("inner_optimizer.method", f"learner.algorithm {task.learner.algorithm!r} meta-learns the initialisation "
                                        f"only, so inner_optimizer.method must be 'sgd', got {task.inner_optimizer.method!r}")
+    if method.prototype_head and task.regression:
+        fail("learner.algorithm", f"learner.algorithm {task.learner.algorithm!r} builds each task's head from class "
+                                  f"prototypes and needs a classification data set, got the regression family "
+                                  f"{task.data.dataset!r}; use 'maml'")
     try:
         task.meta_optimizer_config()
     except ValueError as err:
