@@ -4,6 +4,7 @@ Python on tiny sinusoid tasks."""
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -16,6 +17,7 @@ from fewshot_metaopt.runs.errors import RunError
 from fewshot_metaopt.runs.search_space import SearchSpace
 from fewshot_metaopt.runs.task_config import ALL_SECTIONS
 from fewshot_metaopt.tuning import PRUNERS, SAMPLERS, HyperparameterTuner, default_space
+from fewshot_metaopt.tuning import storage as storage_module
 from fewshot_metaopt.tuning import trial_objective
 from fewshot_metaopt.tuning.optuna_import import optuna as lazy_optuna
 from fewshot_metaopt.tuning.storage import open_storage, shown
@@ -254,6 +256,29 @@ def test_a_failed_worker_is_reported_by_the_last_line_of_its_log(tmp_path):
                    "fewshot_metaopt.runs.errors.RunError: data.root is gone\n\n")
     assert last_line_of(str(log)) == ": fewshot_metaopt.runs.errors.RunError: data.root is gone"
     assert last_line_of(str(tmp_path / "never-written.log")) == "" and last_line_of(None) == ""
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_whose_machine_went_silent_is_queued_again_by_another(tmp_path, monkeypatch):
+    """Heartbeats: a trial another machine was running, silent past the grace period, is failed
+    and run again, with its values, by the next worker to start a trial."""
+    monkeypatch.setattr(storage_module, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(storage_module, "GRACE_S", 1)
+    task = load_task(task_file(tmp_path))
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    with HyperparameterTuner.create(task, tmp_path / "a", storage=database, pruner="none") as elsewhere:
+        study = elsewhere.study()
+        lost = study.ask()  # a trial begun on a machine that then went silent
+        task.search.sample(lost)
+        open_storage(database).record_heartbeat(lost._trial_id)
+    time.sleep(1.5)
+    with HyperparameterTuner.create(task, tmp_path / "b", storage=database, pruner="none") as here:
+        lines = []
+        here.optimize(2, echo=lines.append)
+        rows = here.report().rows
+    assert [r.state for r in rows] == ["fail", "complete"]
+    assert rows[1].note == "continues trial 0" and rows[1].run_dir == "trials/trial-0001"
+    assert here.study().trials[1].params == lost.params
 
 
 def test_failed_and_interrupted_trials_from_python(tmp_path, monkeypatch):
