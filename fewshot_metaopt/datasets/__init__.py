@@ -15,4 +15,7 @@ from .omniglot import Omniglot
 from .sinusoid import Sinusoid
 from .tiered_imagenet import TieredImageNet
 
-__all__ = ["CIFARFS", "CUB", "FC100", "ClassImageDataset", "Glyphs", "ImageFolder", "MiniImageNet", "MiniImageNetHDF5", "Omniglot", "Sinusoid", "TaskFamily", "TieredImageNet", "from_labelled_dataset"]
+__all__ = [
+    "CIFARFS", "CUB", "FC100", "ClassImageDataset", "Glyphs", "ImageFolder", "MiniImageNet", "MiniImageNetHDF5",
+    "Omniglot", "Sinusoid", "TaskFamily", "TieredImageNet", "from_labelled_dataset",
+]

@@ -8,8 +8,9 @@ large man-made outdoor things, large natural outdoor scenes, reptiles, trees, ve
 2; val large carnivores, large omnivores and herbivores, non-insect invertebrates, small
 mammals; test aquatic mammals, insects, medium mammals, people (CIFAR-100 superclasses 1-6,
 9, 10, 15, 17-19 / 8, 11, 13, 16 / 0, 7, 12, 14). They are the lists of torchmeta's FC100
-assets, which cite Oreshkin et al.; they were not compared with the authors' own release here. The images come from the official CIFAR-100 python
-archive (see :mod:`.cifar100`), which ``download=True`` fetches and md5-checks.
+assets, which cite Oreshkin et al.; they were not compared with the authors' own release
+here. The images come from the official CIFAR-100 python archive (see :mod:`.cifar100`),
+which ``download=True`` fetches and md5-checks.
 """
 
 from __future__ import annotations

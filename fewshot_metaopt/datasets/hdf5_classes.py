@@ -92,7 +92,8 @@ def read_split(data_path: str | os.PathLike, names: list[str], owner: str, fix: 
             return HDF5Split(names, sizes, None, encoded, attributes)
         shapes = {ds.shape[1:] for ds in datasets}
         if any(ds.dtype != np.uint8 or ds.ndim != 4 for ds in datasets) or len(shapes) != 1:
-            odd = next(ds for ds in datasets if ds.dtype != np.uint8 or ds.ndim != 4 or ds.shape[1:] != datasets[0].shape[1:])
+            odd = next(ds for ds in datasets
+                       if ds.dtype != np.uint8 or ds.ndim != 4 or ds.shape[1:] != datasets[0].shape[1:])
             raise ValueError(
                 f"{owner}: {data_path} class {odd.name.rsplit('/', 1)[-1]!r} is {odd.dtype} {odd.shape}; every class "
                 f"must be uint8 (n, H, W, C) pixels of one shape, or encoded images; {fix}"

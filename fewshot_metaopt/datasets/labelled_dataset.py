@@ -37,7 +37,9 @@ def _pixels(image: Any, index: int, name: str) -> np.ndarray:
         tensor = image.detach().cpu()
         chw = (tensor[None] if tensor.dim() == 2 else tensor).numpy()
         if chw.ndim != 3:
-            raise ValueError(f"{name}: item {index}'s image is a tensor of shape {tuple(tensor.shape)}, expected (C, H, W)")
+            raise ValueError(
+                f"{name}: item {index}'s image is a tensor of shape {tuple(tensor.shape)}, expected (C, H, W)"
+            )
     elif isinstance(image, np.ndarray):
         if image.ndim not in (2, 3):
             raise ValueError(f"{name}: item {index}'s image is an array of shape {image.shape}, expected (H, W[, C])")
@@ -96,7 +98,9 @@ def from_labelled_dataset(
     try:
         count = len(dataset)
     except TypeError:
-        raise TypeError(f"{name}: the dataset has no len(); pass a map-style dataset (dataset[i] -> (image, label))") from None
+        raise TypeError(
+            f"{name}: the dataset has no len(); pass a map-style dataset (dataset[i] -> (image, label))"
+        ) from None
     if count == 0:
         raise ValueError(f"{name}: the dataset is empty")
     names_of = list(class_names) if class_names is not None else getattr(dataset, "classes", None)
@@ -126,8 +130,10 @@ def from_labelled_dataset(
     named = {label_name(label): label for label in present}
     if len(named) != len(present):
         raise ValueError(f"{name}: class_names gives two labels the same name; names must be distinct")
-    chosen = present if split == "all" else sorted(named[n] for n in seeded_split(list(named), split, split_fractions,
-                                                                                   seed, name))
+    if split == "all":
+        chosen = present
+    else:
+        chosen = sorted(named[n] for n in seeded_split(list(named), split, split_fractions, seed, name))
     check_normalisation(mean, std, images[0].shape[0], name)
     label_array = np.asarray(labels)
     order = np.concatenate([np.flatnonzero(label_array == label) for label in chosen])

@@ -6,7 +6,9 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..datasets import Glyphs, MiniImageNet, Omniglot, Sinusoid
+from ..datasets import (CIFARFS, CUB, FC100, Glyphs, ImageFolder, MiniImageNet, MiniImageNetHDF5, Omniglot, Sinusoid,
+                        TieredImageNet)
+from ..datasets.class_splits import DEFAULT_FRACTIONS
 from ..datasets.omniglot import ARCHIVES, DEFAULT_BASE_URL, LAKE_SPLITS, VINYALS_SPLITS
 from ..registry import Registry
 from .errors import RunError
@@ -14,8 +16,10 @@ from .errors import RunError
 if TYPE_CHECKING:  # pragma: no cover
     from .settings import DataSettings
 
-DEFAULT_IMAGE_SIZE = {"glyphs": 28, "omniglot": 28, "miniimagenet": 84}
-CHANNELS = {"glyphs": 1, "omniglot": 1, "miniimagenet": 3}
+DEFAULT_IMAGE_SIZE = {"glyphs": 28, "omniglot": 28, "miniimagenet": 84, "miniimagenet_hdf5": 84, "tieredimagenet": 84,
+                      "cifar_fs": 32, "fc100": 32, "cub": 84, "image_folder": 84}
+CHANNELS = {"glyphs": 1, "omniglot": 1, "miniimagenet": 3, "miniimagenet_hdf5": 3, "tieredimagenet": 3, "cifar_fs": 3,
+            "fc100": 3, "cub": 3, "image_folder": 3}
 OMNIGLOT_HOME = "https://github.com/brendenlake/omniglot (python/images_*.zip)"
 MINIIMAGENET_TERMS = (
     "miniImageNet cannot be downloaded automatically (ImageNet's terms): obtain it, then point "
@@ -27,7 +31,7 @@ MINIIMAGENET_TERMS = (
 def image_shape(data: "DataSettings") -> tuple[int, int, int]:
     """``(channels, height, width)`` of the data set's images, known without reading it."""
     size = data.image_size or DEFAULT_IMAGE_SIZE[data.dataset]
-    return CHANNELS[data.dataset], size, size
+    return data.channels or CHANNELS[data.dataset], size, size
 
 
 def _root(data: "DataSettings", wants: str) -> Path:
@@ -86,6 +90,45 @@ def _miniimagenet(data: "DataSettings", split: str, size: int) -> MiniImageNet:
         raise RunError(f"{err}; {MINIIMAGENET_TERMS}") from None
 
 
+@DATASETS.register("miniimagenet_hdf5")
+def _miniimagenet_hdf5(data: "DataSettings", split: str, size: int) -> MiniImageNetHDF5:
+    _root(data, "torchmeta's <split>_data.hdf5 and <split>_labels.json")
+    return MiniImageNetHDF5(data.root, split, image_size=size)
+
+
+@DATASETS.register("tieredimagenet")
+def _tieredimagenet(data: "DataSettings", split: str, size: int) -> TieredImageNet:
+    _root(data, "<split>_images_png.pkl and <split>_labels.pkl, or torchmeta's <split>_data.hdf5 and "
+                "<split>_labels.json")
+    return TieredImageNet(data.root, split, cache_dir=data.cache_dir, image_size=size)
+
+
+@DATASETS.register("cifar_fs")
+def _cifar_fs(data: "DataSettings", split: str, size: int) -> CIFARFS:
+    _root(data, "cifar-100-python.tar.gz (add --set data.download=true to fetch it)")
+    return CIFARFS(data.root, split, download=data.download, cache_dir=data.cache_dir, image_size=size)
+
+
+@DATASETS.register("fc100")
+def _fc100(data: "DataSettings", split: str, size: int) -> FC100:
+    _root(data, "cifar-100-python.tar.gz (add --set data.download=true to fetch it)")
+    return FC100(data.root, split, download=data.download, cache_dir=data.cache_dir, image_size=size)
+
+
+@DATASETS.register("cub")
+def _cub(data: "DataSettings", split: str, size: int) -> CUB:
+    _root(data, "CUB_200_2011.tgz or CUB_200_2011/images/")
+    return CUB(data.root, split, cache_dir=data.cache_dir, image_size=size)
+
+
+@DATASETS.register("image_folder")
+def _image_folder(data: "DataSettings", split: str, size: int) -> ImageFolder:
+    _root(data, "one subfolder of images per class")
+    return ImageFolder(data.root, split, splits_dir=data.splits_dir, split_fractions=data.split_fractions or
+                       DEFAULT_FRACTIONS, seed=data.seed or 0, cache_dir=data.cache_dir, image_size=size,
+                       channels=data.channels or 3)
+
+
 @DATASETS.register("sinusoid")
 def _sinusoid(data: "DataSettings", split: str, size: None) -> Sinusoid:
     return Sinusoid(noise_std=data.noise_std or 0.0)
@@ -116,6 +159,8 @@ def split_files(source: Any) -> list[Path]:
         return [source.splits_dir / f"{source.split}.txt"] if source.split in VINYALS_SPLITS else []
     if isinstance(source, MiniImageNet):
         return list(source.sources)
+    if isinstance(source, (CIFARFS, FC100, CUB, TieredImageNet, MiniImageNetHDF5, ImageFolder)):
+        return list(source.split_files)
     if isinstance(source, Glyphs):
         # Drawn from the seed: the rendered pixels are the split (none when a full disk kept
         # the cache from being written; the task's seed still names them).

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from ..checks import ConfigError, at_least, choose, optional_positive
+from ..datasets.class_splits import check_fractions
 from ..learners.algorithms import owned_keys
 from ..learners.config import GradientMetaLearnerConfig
 from ..meta_training.rule_registry import RULES
@@ -35,7 +36,9 @@ class DataSettings:
     """``[data]``: which data set, where it lives and which of its splits train, validate and test.
 
     Paths may be relative: to the task file's folder when written there, to the current
-    directory when given by ``--data-root`` or ``--set``.
+    directory when given by ``--data-root`` or ``--set``. ``channels`` (1 or 3), ``seed`` and
+    ``split_fractions`` (train, val, test shares of the seeded class split) are the image
+    folder's; ``seed`` is also the glyphs' own.
     """
 
     dataset: str = "glyphs"
@@ -51,12 +54,21 @@ class DataSettings:
     num_characters: int | None = None
     samples_per_class: int | None = None
     noise_std: float | None = None
+    channels: int | None = None
+    split_fractions: list[float] | None = None
 
     SPLIT_KEYS: ClassVar[tuple[str, ...]] = ("train_split", "val_split", "test_split")
     ONLY: ClassVar[dict[str, tuple[str, ...]]] = {
         "glyphs": ("cache_dir", *SPLIT_KEYS, "image_size", "seed", "num_characters", "samples_per_class"),
         "omniglot": ("root", "download", "splits_dir", "cache_dir", *SPLIT_KEYS, "image_size"),
         "miniimagenet": ("root", "splits_dir", "cache_dir", *SPLIT_KEYS, "image_size"),
+        "miniimagenet_hdf5": ("root", *SPLIT_KEYS, "image_size"),
+        "tieredimagenet": ("root", "cache_dir", *SPLIT_KEYS, "image_size"),
+        "cifar_fs": ("root", "download", "cache_dir", *SPLIT_KEYS, "image_size"),
+        "fc100": ("root", "download", "cache_dir", *SPLIT_KEYS, "image_size"),
+        "cub": ("root", "cache_dir", *SPLIT_KEYS, "image_size"),
+        "image_folder": ("root", "splits_dir", "cache_dir", *SPLIT_KEYS, "image_size", "channels", "seed",
+                         "split_fractions"),
         "sinusoid": ("noise_std",),
     }
 
@@ -65,6 +77,13 @@ class DataSettings:
         for key in ("image_size", "num_characters", "samples_per_class"):
             at_least(f"data.{key}", getattr(self, key), 1)
         at_least("data.noise_std", self.noise_std, 0.0)
+        if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in (1, 3)):
+            raise ConfigError("data.channels", f"data.channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        if self.split_fractions is not None:
+            try:
+                check_fractions(self.split_fractions, "data")
+            except ValueError as err:
+                raise ConfigError("data.split_fractions", f"data.{str(err).removeprefix('data: ')}") from None
 
     def applicable(self) -> set[str]:
         return {"dataset", *self.ONLY[self.dataset]}
