@@ -134,6 +134,8 @@ def test_an_empty_or_misshapen_search_table_is_refused(tmp_path):
     ('learner.algorithm = { choice = ["maml", "warp_maml"] }',
      "[search] learner.algorithm at choice 'warp_maml' gives an invalid task: learner.algorithm 'warp_maml' needs a "
      "model with warp layers"),
+    ('validation.every = { int = [0, 2] }',
+     "[search] validation.every at its low end: a search scores its trials on validation, but validation.every is 0"),
 ])
 def test_a_value_of_the_space_that_gives_an_invalid_task_is_refused_before_any_trial(tmp_path, entry, expected):
     path = task_file(tmp_path, f"\n[search]\n{entry}\n")

@@ -78,7 +78,7 @@ class Objective:
                 trial.set_user_attr(inherited, None)
         params = self.space.sample(trial)
         try:
-            run = self._run(trial, trial_task(self.base, params, trial.number), previous)
+            return self._score(trial, self._run(trial, trial_task(self.base, params, trial.number), previous))
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # queued again when the study resumes
             raise
@@ -91,12 +91,15 @@ class Objective:
         except TRIAL_FAILURES as err:
             trial.set_user_attr("error", " ".join(str(err).split()) or type(err).__name__)
             raise
+
+    @staticmethod
+    def _score(trial: Any, run: TrainedRun) -> float:
+        """The run's best validation score; TrialPruned when the pruner stopped it."""
         trial.set_user_attr("iterations", run.iterations)
         trial.set_user_attr("test", {"metric": run.result.metric, "mean": run.result.mean, "ci95": run.result.ci95})
         if run.stopped_by is not None and run.stopped_by.startswith(PRUNED_BY):
             raise optuna().TrialPruned(run.stopped_by.removeprefix(PRUNED_BY).strip())
-        if run.best_validation is None:
-            raise RunError(f"{run.path} was never validated, so the trial has no score; set validation.every")
+        # Never None: a run validates at its end, and a search refuses validation.every = 0.
         return run.best_validation
 
     def _run(self, trial: Any, task: TaskConfig, previous: str | None) -> TrainedRun:

@@ -50,17 +50,25 @@ def _fingerprint(task: TaskConfig, space: SearchSpace) -> str:
     return json.dumps({"task": identifying_keys(task.to_dict()), "search": space.table()}, sort_keys=True)
 
 
+NO_VALIDATION = ("a search scores its trials on validation, but validation.every is 0; set validation.every (for "
+                 "example to a tenth of train.iterations)")
+
+
 def check_space(task: TaskConfig, space: SearchSpace, source: str) -> None:
-    """Each value of the space (each end of a range, each choice), set on its own, gives a valid
-    task; else a one-line error naming the key and the value."""
+    """The task validates, and so does each value of the space (each end of a range, each
+    choice) set on its own, giving a valid task; else a one-line error naming the key and value."""
+    if task.validation.every == 0:
+        raise RunError(f"{source}: {NO_VALIDATION}")
     for dimension in space:
         for where, value in dimension.probes():
             try:
-                task_from_dict(apply(task.to_dict(), {dimension.key: value}), "the search")
+                probe = task_from_dict(apply(task.to_dict(), {dimension.key: value}), "the search")
             except RunError as err:
                 reason = " ".join(str(err).replace("the search: ", "").split())
                 raise RunError(f"{source}: [search] {dimension.key} at {where} gives an invalid task: "
                                f"{reason}") from None
+            if probe.validation.every == 0:
+                raise RunError(f"{source}: [search] {dimension.key} at {where}: {NO_VALIDATION}")
 
 
 def task_text(task: TaskConfig, space: SearchSpace, path: Path) -> str:
@@ -106,9 +114,6 @@ class HyperparameterTuner:
                prune_after: int = 5, source: str = "the task") -> "HyperparameterTuner":
         """A new study folder ``out`` searching ``task``; with ``storage`` (a database URL) the
         study is made there, or joined when another machine made it (it must search the same)."""
-        if task.validation.every == 0:
-            raise RunError(f"{source}: a search scores its trials on validation, but validation.every is 0; "
-                           "set validation.every (for example to a tenth of train.iterations)")
         try:
             choose("sampler", sampler, SAMPLERS.names())
             choose("pruner", pruner, PRUNERS.names())
