@@ -110,3 +110,19 @@ def test_archives_that_are_not_cub_are_refused(tmp_path, files, cache_dir):
 def test_bad_arguments_are_refused(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         CUB(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("tamper, why", [
+    (lambda a: {**a, "images": a["images"][:, :, :8, :8].copy()}, "images are uint8"),
+    (lambda a: {**a, "class_names": a["class_names"][::-1].copy()}, "its classes are not those of the val split"),
+])
+def test_a_cache_entry_that_does_not_fit_is_rebuilt(folder_root, cache_dir, tamper, why):
+    from fewshot_metaopt.datasets.cache import load_npz, write_entry
+
+    first = CUB(folder_root, "val", cache_dir=cache_dir, image_size=16)
+    arrays = load_npz(first.cache_path)
+    arrays.pop("sha256")
+    write_entry(first.cache_path, tamper(arrays), "test")
+    with pytest.warns(UserWarning, match=why):
+        again = CUB(folder_root, "val", cache_dir=cache_dir, image_size=16)
+    assert torch.equal(again.images, first.images)

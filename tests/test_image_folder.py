@@ -224,3 +224,21 @@ def test_bad_names_and_datasets_without_length_are_refused():
         from_labelled_dataset(iter([item]))
     with pytest.raises(ValueError, match="unknown split 'novel'"):
         from_labelled_dataset([item], split="novel")
+
+
+def test_a_cache_entry_of_another_shape_is_rebuilt_and_odd_class_lists_refused(tmp_path, root, cache_dir):
+    from fewshot_metaopt.datasets.cache import load_npz, write_entry
+
+    first = ImageFolder(root, cache_dir=cache_dir, image_size=SIDE)
+    arrays = load_npz(first.cache_path)
+    write_entry(first.cache_path, {"images": arrays["images"][:5].copy()}, "test")
+    with pytest.warns(UserWarning, match="the split needs uint8"):
+        assert torch.equal(ImageFolder(root, cache_dir=cache_dir, image_size=SIDE).images, first.images)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("# nothing but a comment\n")
+    with pytest.raises(ValueError, match="train.txt names no class; expected one class name a line"):
+        ImageFolder(root, "train", splits_dir=splits, cache_dir=cache_dir)
+    (splits / "train.txt").write_bytes(b"\xff\xfe\x00 not utf-8")
+    with pytest.raises(ValueError, match="train.txt is not UTF-8 text"):
+        ImageFolder(root, "train", splits_dir=splits, cache_dir=cache_dir)

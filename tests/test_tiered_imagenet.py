@@ -196,3 +196,36 @@ def test_a_class_in_both_train_and_val_is_refused_for_trainval(tmp_path, data, c
 def test_bad_arguments_are_refused(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         TieredImageNet(tmp_path, **kwargs)
+
+
+def test_python2_strings_and_object_arrays_of_pngs_are_read(tmp_path, data, cache_dir):
+    from tiered_fixtures import png
+
+    ids, pixels = data["val"]
+    names, images = expected("val", data)
+    for payload in (py2_dumps([png(p) for p in pixels]), pickle.dumps(np.array([png(p) for p in pixels], dtype=object))):
+        root = _with(tmp_path, data, images=payload)
+        ds = TieredImageNet(root, "val", cache_dir=cache_dir)
+        assert ds.class_names == names and np.array_equal(ds.images.numpy(), images)
+
+
+def test_a_persistent_id_pickle_is_refused(tmp_path, data, cache_dir):
+    root = _with(tmp_path, data, labels=b"\x80\x02P1\n.")
+    with pytest.raises(UnsafePickleError, match="uses persistent ids"):
+        TieredImageNet(root, "val", cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize("tamper, why", [
+    (lambda a: {**a, "images": a["images"][:, :, :8, :8].copy()}, "images are uint8"),
+    (lambda a: {**a, "group_sizes": a["group_sizes"] + 1}, "class names and group sizes do not match"),
+])
+def test_a_cache_entry_that_does_not_fit_is_rebuilt(pickle_root, cache_dir, tamper, why):
+    from fewshot_metaopt.datasets.cache import load_npz, write_entry
+
+    first = TieredImageNet(pickle_root, "val", cache_dir=cache_dir)
+    arrays = load_npz(first.cache_paths[0])
+    arrays.pop("sha256")
+    write_entry(first.cache_paths[0], tamper(arrays), "test")
+    with pytest.warns(UserWarning, match=why):
+        again = TieredImageNet(pickle_root, "val", cache_dir=cache_dir)
+    assert torch.equal(again.images, first.images)
