@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..models.inner_step import inner_step
 from ..optim.rules.base import UpdateRule, step_rule
 from .functional_model import Forward, functional_forward
 from .precision import FP32, Precision
@@ -50,10 +51,14 @@ class AdaptedModel:
 
     ``fast_params`` lists the weights in ``model.named_parameters()`` order, and
     ``fmodel(x, params=...)`` runs other weights given in that order (as higher's models do).
+    Calls run at inner step ``step``, ``evaluating`` or not (:mod:`fewshot_metaopt.models.inner_step`:
+    what per-step batch norm and DropBlock read).
     """
 
-    def __init__(self, forward: Forward, params: Mapping[str, Tensor], names: Sequence[str]) -> None:
+    def __init__(self, forward: Forward, params: Mapping[str, Tensor], names: Sequence[str], step: int = 0,
+                 evaluating: bool = False) -> None:
         self.forward, self.params, self.names = forward, dict(params), list(names)
+        self.step, self.evaluating = step, evaluating
 
     @property
     def fast_params(self) -> list[Tensor]:
@@ -61,7 +66,8 @@ class AdaptedModel:
 
     def __call__(self, x: Tensor, params: Sequence[Tensor] | None = None) -> Tensor:
         weights = self.params if params is None else dict(zip(self.names, params))
-        return self.forward(weights, x)
+        with inner_step(self.step, self.evaluating):
+            return self.forward(weights, x)
 
 
 @dataclass
@@ -95,8 +101,8 @@ class FuncEngine:
         # fp16: the current scale of the outer loss, applied to every inner loss too (see .precision).
         self.loss_scale = 1.0
 
-    def adapted_model(self, params: Mapping[str, Tensor]) -> AdaptedModel:
-        return AdaptedModel(self.forward, params, self.names)
+    def adapted_model(self, params: Mapping[str, Tensor], step: int = 0, evaluating: bool = False) -> AdaptedModel:
+        return AdaptedModel(self.forward, params, self.names, step, evaluating)
 
     def _grads(self, loss: Tensor, params: Mapping[str, Tensor], mode: str, allow_unused: bool) -> dict[str, Tensor]:
         targets = [params[n] for n in self.adapted]
@@ -146,7 +152,7 @@ class FuncEngine:
         for step in range(steps):
             if evaluating:
                 params = {n: p.detach().requires_grad_(n in adapted) for n, p in params.items()}
-            loss = support_loss(self.adapted_model(params), step)
+            loss = support_loss(self.adapted_model(params, step, evaluating), step)
             if record is not None:
                 record(params, state, step)
             grads = self._grads(loss, params, mode, allow_unused)
@@ -154,10 +160,11 @@ class FuncEngine:
                 new, state = step_rule(self.rule, {n: params[n] for n in self.adapted}, grads, state, step, loss)
             params.update(new)
             if query_loss is not None and step < steps - 1:
-                query_losses.append(query_loss(self.adapted_model(params)))
+                query_losses.append(query_loss(self.adapted_model(params, step, evaluating)))
         if evaluating:
             params = {n: p.detach() for n, p in params.items()}
-        return self.adapted_model(params), state, query_losses
+        # The query pass after the last step runs at that step, as MAML++'s does.
+        return self.adapted_model(params, max(steps - 1, 0), evaluating), state, query_losses
 
     def vmapped(
         self,

@@ -20,6 +20,9 @@ eval mode with running statistics (in float32 under mixed precision), and never 
 engine, whose buffers are throw-away copies. A layer the lowering does not know is called as it
 is when it holds no tensors, else through ``torch.func.functional_call`` with copies of its
 buffers; a model that is not a plain ``nn.Sequential`` (or has hooks) is called whole that way.
+A :class:`~fewshot_metaopt.models.Residual` inside a Sequential (ResNet-12, WRN-28-10) is
+lowered branch by branch, so its layers take the forms above too (batch norm included, which
+matters under vmap, see :func:`functional_forward`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..models import Residual
 
 Params = Mapping[str, Tensor]
 Forward = Callable[[Params, Tensor], Tensor]
@@ -54,6 +59,11 @@ def functional_forward(model: nn.Module, for_vmap: bool = False,
     leaves = _sequential_leaves(model) if not _has_hooks(model) else None
     if leaves is None:
         return _called_whole(model)
+    return _chained(leaves, names, for_vmap, lowerings)
+
+
+def _chained(leaves: list[nn.Module], names: Mapping[int, str], for_vmap: bool, lowerings: frozenset[str]) -> Op:
+    """The layers ``leaves``, called in order, as one op."""
     ops: list[Op] = []
     i = 0
     while i < len(leaves):
@@ -119,6 +129,10 @@ def _param(module: nn.Module, local: str, names: Mapping[int, str]) -> str | Non
 
 
 def _lowered(module: nn.Module, names: Mapping[int, str], for_vmap: bool, lowerings: frozenset[str]) -> Op:
+    if type(module) is Residual:
+        body, shortcut = (_chained(_sequential_leaves(branch) or [branch], names, for_vmap, lowerings)
+                          for branch in (module.body, module.shortcut))
+        return lambda params, x: body(params, x) + shortcut(params, x)
     if type(module) is nn.Conv2d:
         return _conv2d(module, names, frozenset() if for_vmap else lowerings)
     if type(module) is nn.Linear:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import higher
 from torch import Tensor, nn
 
+from ..models.inner_step import inner_step
 from ..optim.rules.base import UpdateRule, step_rule
 from ..torch_optim.rule_optimizer import RuleOptimizer
 from .func_engine import MODES, Recorder, unused_parameters_error
@@ -72,6 +73,21 @@ class PrecisionModel:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         return self._forward(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fmodel, name)
+
+
+class AtInnerStep:
+    """higher's functional model with its calls at inner step ``step``, ``evaluating`` or not
+    (:mod:`fewshot_metaopt.models.inner_step`); everything else is the functional model's own."""
+
+    def __init__(self, fmodel: Any, step: int, evaluating: bool) -> None:
+        self.fmodel, self.step, self.evaluating = fmodel, step, evaluating
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        with inner_step(self.step, self.evaluating):
+            return self.fmodel(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fmodel, name)
@@ -135,7 +151,7 @@ class HigherEngine:
         scale = self.loss_scale
         query_losses: list[Tensor] = []
         for step in range(steps):
-            loss = support_loss(fmodel, step)
+            loss = support_loss(AtInnerStep(fmodel, step, not track), step)
             if record is not None:
                 record(dict(zip(self.names, fmodel.fast_params)), diffopt.rule_state, step)
             if scale != 1.0:
@@ -143,5 +159,5 @@ class HigherEngine:
             else:
                 diffopt.step(loss, grad_callback=callback)
             if query_loss is not None and step < steps - 1:
-                query_losses.append(query_loss(fmodel))
-        return fmodel, diffopt.rule_state, query_losses
+                query_losses.append(query_loss(AtInnerStep(fmodel, step, not track)))
+        return AtInnerStep(fmodel, max(steps - 1, 0), not track), diffopt.rule_state, query_losses
