@@ -27,6 +27,7 @@ BASE = {"train.iterations": 3}
 # them the loader refuses the key as not applying, which would hide a missing value check.
 NEEDS = {
     "data.noise_std": {"data.dataset": "sinusoid", "model.name": "mlp"},
+    "data.channels": {"data.dataset": "image_folder"},
     "inner_optimizer": {"inner_optimizer.method": "lstm"},
     "meta_schedule.min_factor": {"meta_schedule.name": "cosine"},
     "meta_schedule.warmup_steps": {"meta_schedule.name": "cosine"},
