@@ -60,8 +60,8 @@ def test_an_unknown_name_lists_the_installed_tasks():
     with pytest.raises(RunError) as caught:
         task_file("omniglot-5wls")
     message = str(caught.value)
-    assert message.startswith("no task is called 'omniglot-5wls'; choose one of glyphs-quickstart, ")
-    assert "omniglot-5w1s, " in message and "'fewshot-metaopt tasks' describes them" in message
+    assert message.startswith("no task is called 'omniglot-5wls'; choose one of cifar_fs-5w1s, ")
+    assert "glyphs-quickstart, " in message and "omniglot-5w1s, " in message and "'fewshot-metaopt tasks' describes them" in message
 
 
 def test_train_takes_a_task_name(tmp_path, monkeypatch, capsys):
