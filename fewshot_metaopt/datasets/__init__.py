@@ -5,6 +5,7 @@ from ..episodes.task_family import TaskFamily
 from .base import ClassImageDataset
 from .cifar_fs import CIFARFS
 from .cub import CUB
+from .episode_manifest import ManifestEpisodes, load_manifest, save_manifest
 from .fc100 import FC100
 from .glyphs import Glyphs
 from .image_folder import ImageFolder
@@ -17,5 +18,6 @@ from .tiered_imagenet import TieredImageNet
 
 __all__ = [
     "CIFARFS", "CUB", "FC100", "ClassImageDataset", "Glyphs", "ImageFolder", "MiniImageNet", "MiniImageNetHDF5",
-    "Omniglot", "Sinusoid", "TaskFamily", "TieredImageNet", "from_labelled_dataset",
+    "ManifestEpisodes", "Omniglot", "Sinusoid", "TaskFamily", "TieredImageNet", "from_labelled_dataset", "load_manifest",
+    "save_manifest",
 ]

@@ -7,12 +7,16 @@ the images an episode uses.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..episodes.episode import Episode
+from ..episodes.episode_draw import EpisodeDraw
+
+# An episode's images in [0, 1] -> the same images augmented (see fewshot_metaopt.episodes.augmentation).
+PixelTransform = Callable[[Tensor], Tensor]
 
 
 def check_counts(shots: int, queries: int) -> None:
@@ -129,17 +133,25 @@ class ClassImageDataset:
                 f"samples per class of {self.name} split {self.split!r}; lower shots or queries"
             )
 
-    def normalise(self, pixels: Tensor) -> Tensor:
+    @property
+    def class_sizes(self) -> Tensor:
+        """The number of images of each class (the bound on a manifest's image ids)."""
+        return self._class_size
+
+    def normalise(self, pixels: Tensor, transform: PixelTransform | None = None) -> Tensor:
+        """uint8 pixels as float32 in [0, 1], through ``transform`` (an augmentation, which sees
+        them in [0, 1] as torchvision's do), then standardised with ``mean`` and ``std``."""
         x = pixels.to(torch.float32).mul_(1.0 / 255.0)
+        if transform is not None:
+            x = transform(x)
         if self._mean is not None:
             x = x.sub_(self._mean)
         if self._std is not None:
             x = x.div_(self._std)
         return x
 
-    def sample_episode(
-        self, ways: int, shots: int, queries: int, generator: torch.Generator
-    ) -> Episode:
+    def draw(self, ways: int, shots: int, queries: int, generator: torch.Generator) -> EpisodeDraw:
+        """Which classes an episode takes and which of their images, drawn from ``generator``."""
         # The top-k of i.i.d. uniforms is a uniform k-subset in uniform order (the labels), and
         # cheaper than a full randperm over thousands of classes.
         classes = torch.rand(self.num_classes, generator=generator).topk(ways).indices
@@ -152,17 +164,29 @@ class ClassImageDataset:
             order = torch.stack(
                 [torch.randperm(int(n), generator=generator)[:per_class] for n in self._class_size[classes]]
             )
-        rows = self._class_start[classes].unsqueeze(1) + order
+        return EpisodeDraw(classes, order, shots)
+
+    def pixels(self, draw: EpisodeDraw) -> Tensor:
+        """The uint8 images of ``draw``: the support set's rows, then the query set's."""
+        rows = self._class_start[draw.classes].unsqueeze(1) + draw.positions
         # Support rows first, then query rows: one gather, and both sets are contiguous views.
-        flat = torch.cat([rows[:, :shots].reshape(-1), rows[:, shots:].reshape(-1)])
-        pixels = self._source.index_select(0, flat)
-        x = self.normalise(pixels)
-        labels = torch.arange(ways)
-        n_support = ways * shots
+        flat = torch.cat([rows[:, : draw.shots].reshape(-1), rows[:, draw.shots :].reshape(-1)])
+        return self._source.index_select(0, flat)
+
+    def build_episode(self, draw: EpisodeDraw, transform: PixelTransform | None = None) -> Episode:
+        """The episode ``draw`` describes, its pixels through ``transform`` when one is given."""
+        x = self.normalise(self.pixels(draw), transform)
+        labels = torch.arange(draw.ways)
+        n_support = draw.ways * draw.shots
         return Episode(
             support_x=x[:n_support],
-            support_y=labels.repeat_interleave(shots),
+            support_y=labels.repeat_interleave(draw.shots),
             query_x=x[n_support:],
-            query_y=labels.repeat_interleave(queries),
-            classes=classes,
+            query_y=labels.repeat_interleave(draw.queries),
+            classes=draw.classes,
         )
+
+    def sample_episode(
+        self, ways: int, shots: int, queries: int, generator: torch.Generator
+    ) -> Episode:
+        return self.build_episode(self.draw(ways, shots, queries, generator))

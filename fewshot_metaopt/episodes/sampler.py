@@ -16,6 +16,9 @@ from typing import Any, Iterator, Sequence, overload
 import numpy as np
 import torch
 
+from .augmentation import Augmentation
+from .augmentation_registry import as_augmentation
+from .augmented_family import AugmentedFamily
 from .episode import Episode
 from .interop import as_task_family
 from .task_family import TaskFamily
@@ -47,12 +50,18 @@ class TaskDistributionConfig:
 
 
 class EpisodeManifest(Sequence[Episode]):
-    """A fixed list of episodes, built lazily from one seed per episode."""
+    """A fixed list of episodes, built lazily from one seed per episode.
 
-    def __init__(self, source: Any, ways: int, shots: int, queries: int, seeds: Sequence[int]):
+    ``seed`` is the sampler seed the episodes' seeds were derived from, when known
+    (:meth:`TaskDistributionSampler.fixed` sets it); a manifest file records it.
+    """
+
+    def __init__(self, source: Any, ways: int, shots: int, queries: int, seeds: Sequence[int],
+                 seed: int | None = None):
         self.source = source
         self.ways, self.shots, self.queries = ways, shots, queries
         self.seeds = list(seeds)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -65,7 +74,7 @@ class EpisodeManifest(Sequence[Episode]):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return EpisodeManifest(self.source, self.ways, self.shots, self.queries, self.seeds[index])
+            return EpisodeManifest(self.source, self.ways, self.shots, self.queries, self.seeds[index], self.seed)
         generator = torch.Generator().manual_seed(self.seeds[index])
         return self.source.sample_episode(self.ways, self.shots, self.queries, generator)
 
@@ -81,9 +90,15 @@ class TaskDistributionSampler:
     Keyword arguments fill a :class:`TaskDistributionConfig` (or pass ``config=``).
     A learn2learn ``TaskDataset``/``Taskset`` is accepted as the source too (see
     :mod:`fewshot_metaopt.episodes.interop`).
+
+    ``augment`` (an :class:`~.augmentation.Augmentation` or its name: ``"crop_flip_jitter"``,
+    ``"resized_crop_flip_jitter"``, ``"class_rotation"``) augments every episode this sampler
+    draws, its fixed manifests included, from seeds drawn from its generators; off by default.
+    A sampler of evaluation episodes is usually built without it.
     """
 
-    def __init__(self, source: Any, config: TaskDistributionConfig | None = None, **overrides: Any):
+    def __init__(self, source: Any, config: TaskDistributionConfig | None = None, *,
+                 augment: Augmentation | str | None = None, **overrides: Any):
         if config is not None and not isinstance(config, TaskDistributionConfig):
             raise TypeError(f"config must be a TaskDistributionConfig, got {type(config).__name__}")
         try:
@@ -92,6 +107,8 @@ class TaskDistributionSampler:
             known = ", ".join(TaskDistributionConfig.__dataclass_fields__)
             raise TypeError(f"unknown sampler option in {sorted(overrides)}; known: {known}") from err
         self.source: TaskFamily = as_task_family(source, shots=config.shots)
+        if augment is not None:
+            self.source = AugmentedFamily(self.source, as_augmentation(augment))
         regression = bool(getattr(self.source, "is_regression", False))
         ways = config.ways if config.ways is not None else (1 if regression else 5)
         if regression and ways != 1:
@@ -105,6 +122,11 @@ class TaskDistributionSampler:
         self.config = replace(config, ways=ways)
         self.source.validate(ways, config.shots, config.queries)
         self.generator = torch.Generator().manual_seed(derive_seed(config.seed, _TRAIN_STREAM))
+
+    @property
+    def augmentation(self) -> Augmentation | None:
+        """What augments this sampler's episodes (None: nothing)."""
+        return self.source.augmentation if isinstance(self.source, AugmentedFamily) else None
 
     @property
     def ways(self) -> int:
@@ -141,7 +163,7 @@ class TaskDistributionSampler:
         base = self.config.seed if seed is None else seed
         seeds = [derive_seed(base, _FIXED_STREAM, i) for i in range(num_episodes)]
         c = self.config
-        return EpisodeManifest(self.source, c.ways, c.shots, c.queries, seeds)
+        return EpisodeManifest(self.source, c.ways, c.shots, c.queries, seeds, base)
 
     def state_dict(self) -> dict[str, Any]:
         """The config and the generator's position, for bit-exact resumption."""
