@@ -157,3 +157,11 @@ def test_an_interrupted_proto_maml_run_resumes_bit_identically(tmp_path, capsys,
     task = write_task(tmp_path, PROTO_TASK.replace("iterations = 6", "iterations = 8"))
     train_whole_and_interrupted_then_resumed(task, tmp_path, monkeypatch)
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_a_moved_learner_builds_its_heads_where_its_model_now_is():
+    learner = proto(tiny_mlp()).to(torch.float32)
+    episode = classification_episodes(1, (3,))[0]
+    episode = Episode(episode.support_x.float(), episode.support_y, episode.query_x.float(), episode.query_y)
+    assert all(t.dtype == torch.float32 for t in learner.initial_weights(episode, 0, "eval").values())
+    assert learner.meta_train_step([episode]).tasks == 1
