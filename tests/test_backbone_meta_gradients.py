@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot_metaopt import GradientMetaLearner, GradientMetaLearnerConfig
-from fewshot_metaopt.models import PerStepBatchNorm2d, WideResNet, resnet12
+from fewshot_metaopt.models import PerStepBatchNorm2d, resnet12, wide_resnet
 from learner_fixtures import classification_episodes
 
 STEP_SIZES = (1e-6, 1e-7, 1e-8)
@@ -34,7 +34,7 @@ def tiny_resnet12(batch_norm: str):
 
 def tiny_wrn(batch_norm: str):
     torch.manual_seed(4)
-    return WideResNet(2, depth=10, widths=WIDTHS, batch_norm=batch_norm, inner_steps=STEPS).double()
+    return wide_resnet(2, depth=10, widths=WIDTHS, batch_norm=batch_norm, inner_steps=STEPS).double()
 
 
 BACKBONES = {"resnet12": tiny_resnet12, "wrn": tiny_wrn}

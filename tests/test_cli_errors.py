@@ -70,7 +70,7 @@ def test_the_file_and_the_overrides_are_reported_together(tmp_path):
     (MINIMAL, ["learner.meta_optimizer=adma"], "--set learner.meta_optimizer=adma: [learner] unknown meta_optimizer "
                                                "'adma'; choose one of adam, sgd; did you mean 'adam'?"),
     (MINIMAL, ["model.name=conv"], "--set model.name=conv: unknown model.name 'conv'; choose one of conv4, mlp, "
-                                   "warp_conv4, warp_mlp; did you mean 'conv4'?"),
+                                   "warp_conv4, warp_mlp, resnet12, wrn28_10; did you mean 'conv4'?"),
 ])
 def test_an_unknown_name_says_what_it_most_likely_meant(tmp_path, text, overrides, expected):
     assert problems(tmp_path, text, overrides) == [expected]

@@ -20,7 +20,8 @@ else:  # pragma: no cover
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 EXPECTED = [
     "cifar_fs-5w1s", "cifar_fs-5w5s", "cub-5w1s", "cub-5w5s", "fc100-5w1s", "fc100-5w5s",
-    "glyphs-quickstart", "miniimagenet-5w1s", "miniimagenet-5w5s", "omniglot-20w1s", "omniglot-20w1s-warp-leap",
+    "glyphs-quickstart", "miniimagenet-5w1s", "miniimagenet-5w1s-resnet12", "miniimagenet-5w5s",
+    "miniimagenet-5w5s-resnet12", "omniglot-20w1s", "omniglot-20w1s-warp-leap",
     "omniglot-20w5s", "omniglot-5w1s", "omniglot-5w1s-cpu", "omniglot-5w1s-mamlpp", "omniglot-5w1s-warp-maml",
     "omniglot-5w5s", "sinusoid-10shot",
     "sinusoid-5shot", "tieredimagenet-5w1s", "tieredimagenet-5w5s",

@@ -18,11 +18,11 @@ from .inner_step import InnerStep, current_inner_step, inner_step
 from .mlp import mlp
 from .residual import Residual
 from .residual_conv_net import ResidualConvNet
-from .resnet12 import ResNet12, resnet12, resnet12_block
-from .wide_resnet import WideResNet, wide_block, wrn28_10
+from .resnet12 import resnet12, resnet12_block
+from .wide_resnet import wide_block, wide_resnet, wrn28_10
 
 __all__ = [
-    "BATCH_NORMS", "DropBlock", "InnerStep", "LAYER_KINDS", "PER_STEP", "PerStepBatchNorm2d", "ResNet12", "Residual",
-    "ResidualConvNet", "TRANSDUCTIVE", "WideResNet", "batch_norm_2d", "conv4", "conv_block", "current_inner_step",
-    "inner_step", "mlp", "parameter_display_names", "resnet12", "resnet12_block", "wide_block", "wrn28_10",
+    "BATCH_NORMS", "DropBlock", "InnerStep", "LAYER_KINDS", "PER_STEP", "PerStepBatchNorm2d", "Residual",
+    "ResidualConvNet", "TRANSDUCTIVE", "batch_norm_2d", "conv4", "conv_block", "current_inner_step", "inner_step",
+    "mlp", "parameter_display_names", "resnet12", "resnet12_block", "wide_block", "wide_resnet", "wrn28_10",
 ]

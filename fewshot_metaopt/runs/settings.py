@@ -18,12 +18,15 @@ from ..datasets.class_splits import check_fractions
 from ..learners.algorithms import owned_keys
 from ..learners.config import GradientMetaLearnerConfig
 from ..meta_training.rule_registry import RULES
+from ..models import BATCH_NORMS
 from ..warp.layers import WARP_INITS
 from .data_sources import DATASETS
 from .model_registry import MODELS
 from .schedule_factory import SCHEDULES
 
 WARP_MODELS = tuple(name for name in MODELS if name.startswith("warp_"))
+# The networks of regression families (vectors in, not images); every other one takes images.
+VECTOR_FAMILIES = ("mlp",)
 # A task's name becomes a folder, runs/<name>-<date>-<time>, so it must stay one plain name:
 # a separator or a leading dot would put the run elsewhere or hide it.
 TASK_NAME = re.compile(r"[\w-][\w.-]{0,99}")
@@ -118,14 +121,21 @@ class EpisodeSettings:
 
 @dataclass
 class ModelSettings:
-    """``[model]``: ``conv4`` (Finn et al.; ``channels`` filters per layer, default 64) for
-    images, ``mlp`` (``hidden_layers`` widths, default ``[40, 40]``) for regression, and their
-    Warp-Grad forms ``warp_conv4`` and ``warp_mlp`` (Flennerhag et al. 2020: a warp layer after
-    each hidden block, shaped by the ``warp_*`` keys; see :mod:`fewshot_metaopt.warp`)."""
+    """``[model]``: ``conv4`` (Finn et al.; ``channels`` filters per layer, default 64),
+    ``resnet12`` (MetaOptNet's ResNet-12; ``drop_rate`` > 0 turns on its DropBlock, of
+    ``dropblock_size``) and ``wrn28_10`` (WRN-28-10) for images, ``mlp`` (``hidden_layers``
+    widths, default ``[40, 40]``) for regression, and the Warp-Grad forms ``warp_conv4`` and
+    ``warp_mlp`` (Flennerhag et al. 2020: a warp layer after each hidden block, shaped by the
+    ``warp_*`` keys; see :mod:`fewshot_metaopt.warp`). ``batch_norm`` (conv4, resnet12,
+    wrn28_10): ``"transductive"`` (the default) or MAML++'s ``"per_step"``, with
+    ``learner.inner_steps`` steps (see :mod:`fewshot_metaopt.models.batch_norm`)."""
 
     name: str = "conv4"
     channels: int | None = None
     hidden_layers: list[int] | None = None
+    batch_norm: str | None = None
+    drop_rate: float | None = None
+    dropblock_size: int | None = None
     warp_batch_norm: bool | None = None
     warp_activation: bool | None = None
     warp_residual: bool | None = None
@@ -133,7 +143,9 @@ class ModelSettings:
 
     WARP_KEYS: ClassVar[tuple[str, ...]] = ("warp_batch_norm", "warp_activation", "warp_residual", "warp_init")
     ONLY: ClassVar[dict[str, tuple[str, ...]]] = {
-        "conv4": ("channels",),
+        "conv4": ("channels", "batch_norm"),
+        "resnet12": ("batch_norm", "drop_rate", "dropblock_size"),
+        "wrn28_10": ("batch_norm",),
         "mlp": ("hidden_layers",),
         "warp_conv4": ("channels", *WARP_KEYS),
         "warp_mlp": ("hidden_layers", *WARP_KEYS),
@@ -146,6 +158,11 @@ class ModelSettings:
             raise ConfigError("model.hidden_layers", f"model.hidden_layers must list positive widths, got {self.hidden_layers}")
         if self.warp_init is not None:
             choose("model.warp_init", self.warp_init, WARP_INITS)
+        if self.batch_norm is not None:
+            choose("model.batch_norm", self.batch_norm, BATCH_NORMS.names())
+        if self.drop_rate is not None and not 0.0 <= self.drop_rate < 1.0:
+            raise ConfigError("model.drop_rate", f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
+        at_least("model.dropblock_size", self.dropblock_size, 1)
 
     def applicable(self) -> set[str]:
         return {"name", *self.ONLY[self.name]}
@@ -156,8 +173,13 @@ class ModelSettings:
 
     @property
     def family(self) -> str:
-        """``conv4`` or ``mlp``: the network the model is, with or without warp layers."""
+        """``conv4``, ``resnet12``, ``wrn28_10`` or ``mlp``: the network the model is, with or
+        without warp layers."""
         return self.name.removeprefix("warp_")
+
+    @property
+    def takes_images(self) -> bool:
+        return self.family not in VECTOR_FAMILIES
 
     def warp_options(self) -> dict:
         """The warp-layer arguments this section sets (``batch_norm=...``, ``init=...``)."""

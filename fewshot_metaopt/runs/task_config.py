@@ -22,6 +22,7 @@ from ..checks import ConfigError
 from ..learners.algorithms import WARP_ALGORITHMS, algorithms_reading
 from ..learners.config import GradientMetaLearnerConfig
 from ..meta_training.meta_optimizer import MetaOptimizerConfig
+from ..models import PER_STEP
 from .errors import RunError
 from .schedule_factory import build_schedule
 from .search_space import SEARCH, SearchSpace
@@ -34,6 +35,7 @@ from .settings import (
     LoggingSettings,
     ModelSettings,
     ScheduleSettings,
+    WARP_MODELS,
     TopLevel,
     TrainSettings,
     ValidationSettings,
@@ -300,8 +302,8 @@ def _cross_checks(task: TaskConfig, origins: Origins, problems: Problems) -> Non
     def fail(key: str, message: str) -> None:
         problems.add(f"{origins.of(key)}: {message}")
 
-    family = "mlp" if task.regression else "conv4"
-    if task.model.family != family:
+    if task.model.takes_images == task.regression:
+        family = "mlp" if task.regression else "conv4"
         kind = "a regression family" if task.regression else "an image data set"
         fail("model.name", f"model.name {task.model.name!r} does not fit data.dataset "
                            f"{task.data.dataset!r} ({kind}); use {family!r} (or 'warp_{family}' for Warp-Grad)")
@@ -310,6 +312,13 @@ def _cross_checks(task: TaskConfig, origins: Origins, problems: Problems) -> Non
     if task.inner_optimizer.method == "warp_grad":
         fail("inner_optimizer.method", WARP_GRAD_RULE)
     _warp_checks(task, origins, problems)
+    if task.learner.vmap_tasks and (task.model.batch_norm == PER_STEP or task.model.drop_rate):
+        # Both write or draw outside the batched computation: per-step batch norm its running
+        # statistics, DropBlock its masks from torch's generator.
+        key, value = (("batch_norm", "'per_step'") if task.model.batch_norm == PER_STEP
+                      else ("drop_rate", task.model.drop_rate))
+        problems.add(f"{origins.of_all('learner.vmap_tasks', f'model.{key}')}: model.{key} = {value} needs the task "
+                     f"loop (learner.vmap_tasks = false)")
     method = task.learner.method
     if not method.unrolls and not method.warped and task.inner_optimizer.method != "sgd":
         # iMAML's implicit meta-gradient and Reptile's pseudo-gradient reach the initialisation
@@ -343,8 +352,10 @@ def _warp_checks(task: TaskConfig, origins: Origins, problems: Problems) -> None
     algorithm, model, method = task.learner.algorithm, task.model, task.inner_optimizer.method
     warp_algorithm = algorithm in WARP_ALGORITHMS
     if warp_algorithm and not model.warped:
+        # ResNet-12 and WRN-28-10 have no warped form; conv4's is the image networks' one.
+        warped = f"warp_{model.family}" if f"warp_{model.family}" in WARP_MODELS else "warp_conv4"
         problems.add(f"{origins.of_all('learner.algorithm', 'model.name')}: learner.algorithm {algorithm!r} "
-                       f"needs a model with warp layers: model.name 'warp_{model.family}', got {model.name!r}")
+                       f"needs a model with warp layers: model.name {warped!r}, got {model.name!r}")
     if model.warped and not warp_algorithm:
         # Any other algorithm would adapt the warp layers in the inner loop like the rest of the
         # net, so they would precondition nothing.
