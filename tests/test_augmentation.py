@@ -278,3 +278,65 @@ def test_what_cannot_be_augmented_is_refused():
         AugmentedFamily(dataset(), "class_rotation")
     with pytest.raises(ValueError, match="drawn without augmentation"):
         family.build_episode(dataset().draw(2, 1, 1, SEEDED(0)))
+
+
+# ---------------------------------------------------------------------------- task files
+
+
+def tiny_task(*overrides, glyphs=True):
+    from fewshot_metaopt.runs.task_config import load_task
+
+    base = ["data.image_size=12", "episodes.ways=3", "episodes.queries=2", "episodes.eval_queries=2"]
+    if glyphs:
+        base += ["data.num_characters=30", "data.samples_per_class=8"]
+    return load_task(None, [*base, *overrides])
+
+
+def test_a_task_augments_its_training_episodes_only_unless_told():
+    from fewshot_metaopt.runs.components import manifest, train_sampler
+    from fewshot_metaopt.runs.data_sources import open_split
+
+    def samplers(task):
+        sources = {role: open_split(task.data, role) for role in ("train", "val", "test")}
+        return (train_sampler(task, sources["train"]).augmentation,
+                *(manifest(task, sources[role], role, 2).source for role in ("val", "test")))
+
+    train, val, test = samplers(tiny_task())
+    assert train is None and not isinstance(val, AugmentedFamily) and not isinstance(test, AugmentedFamily)
+    train, val, test = samplers(tiny_task("data.augment=crop_flip_jitter"))
+    assert train == CropFlipJitter() and not isinstance(val, AugmentedFamily) and not isinstance(test, AugmentedFamily)
+    train, val, test = samplers(tiny_task("data.augment=class_rotation", 'data.augment_splits=["train","test"]'))
+    assert train == ClassRotation() and not isinstance(val, AugmentedFamily) and test.augmentation == ClassRotation()
+    assert samplers(tiny_task("data.augment=none"))[0] is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.augment=class_rotaton"], "unknown data.augment 'class_rotaton'; choose one of none, crop_flip_jitter, "
+                                     "resized_crop_flip_jitter, class_rotation; did you mean 'class_rotation'?"),
+    (["data.augmnet=class_rotation"], "unknown key 'data.augmnet' .*did you mean data.augment?"),
+    (['data.augment_splits=["train"]'], "data.augment_splits in .* is read only with data.augment set"),
+    (["data.augment=none", 'data.augment_splits=["test"]'], "is read only with data.augment set"),
+    (["data.augment=class_rotation", 'data.augment_splits=["train", "tset"]'],
+     "unknown data.augment_splits 'tset'; choose one of train, val, test; did you mean 'test'?"),
+    (["data.augment=class_rotation", "data.augment_splits=[]"], "data.augment_splits must list distinct roles"),
+    (["data.augment=class_rotation", 'data.augment_splits=["val", "val"]'], "must list distinct roles"),
+    (["data.augment=3"], "data.augment in .* must be a string, got 3"),
+    (["data.dataset=sinusoid", "model.name=mlp", "model.channels=4", "data.augment=class_rotation"],
+     "data.augment in .* does not apply to data.dataset 'sinusoid'"),
+    (["data.dataset=omniglot", "data.root=.", "data.augment=class_rotation"],
+     "data.augment 'class_rotation' would turn Omniglot's Vinyals classes \\(data.train_split 'train'\\)"),
+    (["data.dataset=omniglot", "data.root=.", "data.augment=class_rotation", "data.train_split=background",
+      'data.augment_splits=["train", "test"]'], "Vinyals classes \\(data.test_split 'test'\\)"),
+])
+def test_task_file_keys_are_checked(overrides, message):
+    from fewshot_metaopt.runs.errors import RunError
+
+    with pytest.raises(RunError, match=message):
+        tiny_task(*overrides, glyphs="data.dataset=omniglot" not in overrides)
+
+
+def test_lake_splits_of_omniglot_take_class_rotation():
+    task = tiny_task("data.dataset=omniglot", "data.root=.", "data.augment=class_rotation",
+                     "data.train_split=background", "data.val_split=evaluation", "data.test_split=evaluation",
+                     glyphs=False)
+    assert task.data.augmented_roles() == ["train"] and task.to_dict()["data"]["augment"] == "class_rotation"

@@ -36,13 +36,16 @@ def build_scheduler(task: TaskConfig, learner: GradientMetaLearner) -> LambdaLR 
 
 
 def train_sampler(task: TaskConfig, source: Any) -> TaskDistributionSampler:
+    """The training stream, augmented when ``data.augment_splits`` holds ``train`` (its default)."""
     e = task.episodes
-    return TaskDistributionSampler(source, ways=task.ways, shots=e.shots, queries=e.queries, seed=task.seed)
+    return TaskDistributionSampler(source, ways=task.ways, shots=e.shots, queries=e.queries, seed=task.seed,
+                                   augment=task.data.augmentation("train"))
 
 
 def manifest(task: TaskConfig, source: Any, role: str, episodes: int) -> EpisodeManifest:
-    """The fixed episodes that score ``role``; ``fixed(100)`` is a prefix of ``fixed(600)``."""
+    """The fixed episodes that score ``role``; ``fixed(100)`` is a prefix of ``fixed(600)``.
+    Augmented only when ``data.augment_splits`` names ``role``."""
     seed = derive_seed(task.seed, _MANIFEST_STREAM[role])
     sampler = TaskDistributionSampler(source, ways=task.ways, shots=task.episodes.shots,
-                                      queries=task.eval_queries, seed=seed)
+                                      queries=task.eval_queries, seed=seed, augment=task.data.augmentation(role))
     return sampler.fixed(episodes)

@@ -15,12 +15,14 @@ from typing import ClassVar
 
 from ..checks import ConfigError, at_least, choose, optional_positive
 from ..datasets.class_splits import check_fractions
+from ..datasets.omniglot import VINYALS_SPLITS
+from ..episodes.augmentation_registry import AUGMENTATIONS
 from ..learners.algorithms import owned_keys
 from ..learners.config import GradientMetaLearnerConfig
 from ..meta_training.rule_registry import RULES
 from ..models import BATCH_NORMS
 from ..warp.layers import WARP_INITS
-from .data_sources import DATASETS
+from .data_sources import DATASETS, DEFAULT_IMAGE_SIZE
 from .model_registry import MODELS
 from .schedule_factory import SCHEDULES
 
@@ -32,6 +34,10 @@ VECTOR_FAMILIES = ("mlp",)
 TASK_NAME = re.compile(r"[\w-][\w.-]{0,99}")
 # ``sgd`` is the learner's own rule; the others are the learned rules a MetaOptimizer builds.
 INNER_OPTIMIZERS = ("sgd", *RULES.names())
+# The roles whose episodes data.augment_splits may name, and those it names unless told.
+ROLES = ("train", "val", "test")
+AUGMENTED_BY_DEFAULT = ["train"]
+NO_AUGMENTATION = "none"
 
 
 @dataclass
@@ -42,6 +48,10 @@ class DataSettings:
     directory when given by ``--data-root`` or ``--set``. ``channels`` (1 or 3), ``seed`` and
     ``split_fractions`` (train, val, test shares of the seeded class split) are the image
     folder's; ``seed`` is also the glyphs' own.
+
+    ``augment`` names the augmentation of an image data set's episodes (``crop_flip_jitter``,
+    ``resized_crop_flip_jitter``, ``class_rotation``; unset or ``"none"``: off), applied to the
+    episodes of the roles ``augment_splits`` lists: ``["train"]`` unless it says otherwise.
     """
 
     dataset: str = "glyphs"
@@ -59,6 +69,8 @@ class DataSettings:
     noise_std: float | None = None
     channels: int | None = None
     split_fractions: list[float] | None = None
+    augment: str | None = None
+    augment_splits: list[str] | None = None
 
     SPLIT_KEYS: ClassVar[tuple[str, ...]] = ("train_split", "val_split", "test_split")
     ONLY: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -87,9 +99,47 @@ class DataSettings:
                 check_fractions(self.split_fractions, "data")
             except ValueError as err:
                 raise ConfigError("data.split_fractions", f"data.{str(err).removeprefix('data: ')}") from None
+        self._check_augmentation()
+
+    def _check_augmentation(self) -> None:
+        if self.augment is not None:
+            choose("data.augment", self.augment, (NO_AUGMENTATION, *AUGMENTATIONS.names()))
+        if self.augment_splits is not None:
+            if not self.augment_splits or len(set(self.augment_splits)) != len(self.augment_splits):
+                raise ConfigError("data.augment_splits", f"data.augment_splits must list distinct roles among "
+                                                         f"{', '.join(ROLES)}, got {self.augment_splits!r}")
+            for role in self.augment_splits:
+                choose("data.augment_splits", role, ROLES)
+
+    def rotation_clash(self) -> tuple[str, str] | None:
+        """The split key and the reason why ``class_rotation`` cannot augment that split, or None
+        when it can augment them all (a check of keys together, made once each is right)."""
+        vinyals = [role for role in self.augmented_roles() if self.split(role) in VINYALS_SPLITS]
+        if self.dataset != "omniglot" or self.augment != "class_rotation" or not vinyals:
+            return None
+        # Vinyals et al.'s classes are the four turns of each character already: turned again,
+        # two labels of an episode could be one picture.
+        return f"data.{vinyals[0]}_split", (f"data.augment 'class_rotation' would turn Omniglot's Vinyals classes (data.{vinyals[0]}_split "
+                f"{self.split(vinyals[0])!r}), which are already the four turns of each character; use the Lake "
+                f"splits background and evaluation, or another data.augment")
+
+    def augmented_roles(self) -> list[str]:
+        """The roles (``train``, ``val``, ``test``) whose episodes are augmented."""
+        if self.augment in (None, NO_AUGMENTATION):
+            return []
+        return list(self.augment_splits or AUGMENTED_BY_DEFAULT)
+
+    def augmentation(self, role: str) -> str | None:
+        """The name of the augmentation of ``role``'s episodes, or None."""
+        return self.augment if role in self.augmented_roles() else None
 
     def applicable(self) -> set[str]:
-        return {"dataset", *self.ONLY[self.dataset]}
+        keys = {"dataset", *self.ONLY[self.dataset]}
+        if self.dataset in DEFAULT_IMAGE_SIZE:  # the image data sets
+            keys.add("augment")
+            if self.augmented_roles():
+                keys.add("augment_splits")
+        return keys
 
     def split(self, role: str) -> str:
         """The data set's split that plays ``role`` (``train``, ``val`` or ``test``)."""

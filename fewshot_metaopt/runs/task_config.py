@@ -283,6 +283,8 @@ def _built(cls: type, prefix: str, checked: dict[str, Any], origins: Origins, pr
 
 def _why_not(settings: Any, prefix: str, name: str) -> str:
     if isinstance(settings, DataSettings):
+        if name == "augment_splits" and "augment" in settings.applicable():
+            return "is read only with data.augment set (to an augmentation, not 'none')"
         return f"does not apply to data.dataset {settings.dataset!r}"
     if isinstance(settings, ModelSettings):
         return f"does not apply to model.name {settings.name!r}"
@@ -311,6 +313,10 @@ def _cross_checks(task: TaskConfig, origins: Origins, problems: Problems) -> Non
         fail("episodes.ways", f"episodes.ways must be 1 for the regression family {task.data.dataset!r}, got {task.ways}")
     if task.inner_optimizer.method == "warp_grad":
         fail("inner_optimizer.method", WARP_GRAD_RULE)
+    clash = task.data.rotation_clash()
+    if clash is not None:
+        split_key, reason = clash
+        problems.add(f"{origins.of_all('data.augment', split_key)}: {reason}")
     _warp_checks(task, origins, problems)
     if task.learner.vmap_tasks and (task.model.batch_norm == PER_STEP or task.model.drop_rate):
         # Both write or draw outside the batched computation: per-step batch norm its running
