@@ -398,7 +398,7 @@ def test_usage_errors_are_one_line_with_status_2(capsys):
 
 def test_help_says_what_every_option_does(capsys):
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert sorted(commands.choices) == ["evaluate", "inspect-lr", "plot", "tasks", "train", "tune"]
+    assert sorted(commands.choices) == ["episodes", "evaluate", "inspect-lr", "plot", "tasks", "train", "tune"]
     for name, parser in commands.choices.items():
         assert parser.description
         for action in parser._actions:

@@ -149,3 +149,73 @@ def test_what_is_not_a_manifest_or_not_an_image_data_set_is_refused(tmp_path):
         load_manifest(path, AugmentedFamily(dataset(), ClassRotation()))
     with pytest.raises(TypeError, match="load_manifest needs an image data set"):
         load_manifest(path, Sinusoid())
+
+
+# ---------------------------------------------------------------------------- the command line
+
+TASK = """
+name = "tiny"
+seed = 3
+[data]
+dataset = "glyphs"
+num_characters = 40
+samples_per_class = 10
+image_size = 16
+augment = "class_rotation"
+[episodes]
+ways = 3
+shots = 1
+queries = 2
+eval_queries = 3
+[train]
+iterations = 2
+[validation]
+episodes = 2
+[evaluation]
+episodes = 4
+"""
+
+
+def test_export_writes_the_episodes_a_run_is_tested_on(tmp_path, capsys):
+    from fewshot_metaopt.cli import main
+    from fewshot_metaopt.runs.components import manifest
+    from fewshot_metaopt.runs.data_sources import open_split
+    from fewshot_metaopt.runs.run_dir import RunDir
+    from fewshot_metaopt.runs.task_config import load_task
+
+    (tmp_path / "tiny.toml").write_text(TASK)
+    task = load_task(tmp_path / "tiny.toml")
+    run = RunDir.create(tmp_path / "run", task, ["fewshot-metaopt", "train"])
+    run.release()
+    assert main(["episodes", "export", str(run.path), "--out", str(tmp_path / "run.json")]) == 0
+    assert "tiny: 4 test episodes (Glyphs split 'test', 3-way 1-shot, 3 queries per class) written to" in \
+        capsys.readouterr().out
+    test = manifest(task, open_split(task.data, "test"), "test", 4)
+    loaded = load_manifest(tmp_path / "run.json", open_split(task.data, "test"))
+    assert loaded.source is not test.source and all(same(a, b) for a, b in zip(test, loaded))
+    assert json.loads((tmp_path / "run.json").read_text())["augmentation"] is None  # training episodes only
+
+    assert main(["episodes", "export", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "task.json")]) == 0
+    assert (tmp_path / "task.json").read_text() == (tmp_path / "run.json").read_text()
+    assert main(["episodes", "export", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "val.json"),
+                 "--split", "val", "--set", "episodes.eval_queries=2"]) == 0
+    doc = json.loads((tmp_path / "val.json").read_text())
+    assert len(doc["episodes"]) == 2 and doc["split"] == "val" and doc["sampler"]["queries"] == 2
+    assert main(["episodes", "export", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "train.json"),
+                 "--split", "train", "--episodes", "3"]) == 0
+    assert json.loads((tmp_path / "train.json").read_text())["augmentation"]["name"] == "class_rotation"
+
+
+def test_export_refusals_are_one_line(tmp_path, capsys):
+    from fewshot_metaopt.cli import main
+
+    (tmp_path / "tiny.toml").write_text(TASK)
+    assert main(["episodes", "export", "sinusoid-5shot", "--out", str(tmp_path / "m.json")]) == 1
+    assert "regression family: its episodes have no classes or images" in capsys.readouterr().err
+    run = tmp_path / "not-a-run"
+    run.mkdir()
+    assert main(["episodes", "export", str(run), "--out", str(tmp_path / "m.json"), "--set", "seed=1"]) == 1
+    assert "--set changes a task file, not a run" in capsys.readouterr().err
+    assert main(["episodes", "export", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "no" / "m.json")]) == 1
+    assert f"cannot write {tmp_path / 'no' / 'm.json'}" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()

@@ -16,12 +16,14 @@ import torch
 
 from ..runs.errors import RunError, TaskErrors
 from ..runs.provenance import package_version
-from . import evaluate_command, inspect_lr_command, plot_command, tasks_command, train_command, tune_command
+from . import (episodes_command, evaluate_command, inspect_lr_command, plot_command, tasks_command, train_command,
+               tune_command)
 from .parsing import PROG, OneLineParser
 
 FAILED = 1
 INTERRUPTED = 130
-COMMANDS = (train_command, evaluate_command, inspect_lr_command, plot_command, tasks_command, tune_command)
+COMMANDS = (train_command, evaluate_command, inspect_lr_command, plot_command, tasks_command, tune_command,
+            episodes_command)
 # Failures whose message already says what is wrong; anything else is reported with its type.
 EXPECTED = (RunError, ValueError, OSError, FloatingPointError)
 
