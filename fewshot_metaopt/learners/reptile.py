@@ -7,9 +7,9 @@ For tasks ``i`` with support sets ``S_i``::
     g = mean_i (theta - phi_i)       the pseudo-gradient, put in the adapted parameters' .grad
 
 and the outer optimizer steps on ``g``. With ``meta_optimizer="sgd"`` and ``meta_lr=epsilon``
-that step is Reptile's own update ``theta += epsilon * (mean_i phi_i - theta)``, bit for bit
-(the meta-lr schedule then anneals ``epsilon``); with ``"adam"`` the pseudo-gradient is handed
-to Adam. Nothing is differentiated through the inner loop, which keeps no graph: memory and
+that step is Reptile's own update ``theta += epsilon * (mean_i phi_i - theta)``, up to
+rounding, and the meta-lr schedule anneals ``epsilon``; with ``"adam"`` the pseudo-gradient is
+handed to Adam. Nothing is differentiated through the inner loop, which keeps no graph: memory and
 time are those of ``k`` plain training steps per task. The query set plays no part in the
 update; its loss and accuracy at ``phi_i`` are reported, as MAML's are.
 
