@@ -11,8 +11,8 @@ from fewshot_metaopt import EpisodeDataset, TaskDistributionSampler
 from fewshot_metaopt.datasets import ClassImageDataset, Sinusoid
 from fewshot_metaopt.episodes import (AUGMENTATIONS, AugmentedFamily, ClassRotation, CropFlipJitter,
                                       ResizedCropFlipJitter)
-from fewshot_metaopt.episodes.colour_jitter import brightness, contrast, grey, jitter, saturation
-from fewshot_metaopt.episodes.crop_flip_jitter import (CROP_ATTEMPTS, flip_some, padded_crop, resized_crop,
+from fewshot_metaopt.episodes.colour_jitter import adjust, grey, jitter
+from fewshot_metaopt.episodes.crop_flip_jitter import (CROP_ATTEMPTS, draw_flips, padded_crop, resized_crop,
                                                        resized_crop_boxes)
 
 NAMES = ("crop_flip_jitter", "resized_crop_flip_jitter", "class_rotation")
@@ -129,13 +129,16 @@ def test_class_rotation_draws_only_the_turns_it_is_given():
 # ---------------------------------------------------------------------------- the pixel operations
 
 
-def test_padded_crop_is_a_window_of_the_padded_image():
-    x = torch.rand(6, 2, 5, 7, generator=SEEDED(0))
+def test_padded_crop_is_a_window_of_the_padded_image_mirrored_where_asked():
+    x = torch.rand(40, 2, 5, 7, generator=SEEDED(0))
     padding = 2
-    out = padded_crop(x, padding, SEEDED(1))
+    flips = draw_flips(40, SEEDED(2))
+    assert 10 < int(flips.sum()) < 30
+    out = padded_crop(x, padding, flips, SEEDED(1))
     padded = F.pad(x, (padding,) * 4)
     offsets = []
-    for image, result in zip(padded, out):
+    for image, result, flip in zip(padded, out, flips):
+        result = result.flip(-1) if flip else result
         windows = [(i, j) for i in range(2 * padding + 1) for j in range(2 * padding + 1)
                    if torch.equal(image[:, i:i + 5, j:j + 7], result)]
         assert windows, "each crop is one window of its padded image"
@@ -143,25 +146,17 @@ def test_padded_crop_is_a_window_of_the_padded_image():
     assert len(set(offsets)) > 1  # each image at an offset of its own
 
 
-def test_flip_mirrors_some_images_left_to_right():
-    x = torch.rand(40, 1, 3, 4, generator=SEEDED(0))
-    out = flip_some(x, SEEDED(2))
-    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x)]
-    kept = [torch.equal(o, i) for o, i in zip(out, x)]
-    assert all(m or k for m, k in zip(mirrored, kept)) and 10 < sum(mirrored) < 30
-
-
-def test_resized_crop_of_the_whole_image_is_the_image_and_of_a_box_is_bilinear():
-    x = torch.rand(2, 3, 8, 8, generator=SEEDED(0))
-    whole = torch.tensor([[0, 0, 8, 8], [0, 0, 8, 8]])
-    assert torch.allclose(resized_crop(x, whole), x, atol=1e-6)
-    corner = torch.tensor([[0, 0, 4, 4], [2, 4, 4, 4]])
-    out = resized_crop(x, corner)
-    expected = F.interpolate(x[:1, :, :4, :4], size=(8, 8), mode="bilinear", align_corners=False)
-    # Inside the box the two agree; at its far edges ours reads the pixels just past the box.
-    assert torch.allclose(out[:1, :, :7, :7], expected[:, :, :7, :7], atol=1e-6)
-    expected = F.interpolate(x[1:, :, 2:6, 4:8], size=(8, 8), mode="bilinear", align_corners=False)
-    assert torch.allclose(out[1:, :, 1:7, 1:7], expected[:, :, 1:7, 1:7], atol=1e-6)
+def test_resized_crop_scales_each_box_as_torchvision_does():
+    x = torch.rand(3, 3, 8, 8, generator=SEEDED(0))
+    no_flips = torch.zeros(3, dtype=torch.bool)
+    assert torch.allclose(resized_crop(x, torch.tensor([[0, 0, 8, 8]] * 3), no_flips), x, atol=1e-6)
+    boxes = torch.tensor([[0, 0, 4, 4], [2, 4, 4, 4], [1, 1, 6, 3]])
+    flips = torch.tensor([False, True, False])
+    out = resized_crop(x, boxes, flips)
+    for image, (top, left, height, width), flip, result in zip(x, boxes.tolist(), flips, out):
+        crop = image[None, :, top:top + height, left:left + width]
+        expected = F.interpolate(crop, size=(8, 8), mode="bilinear", align_corners=False, antialias=True)[0]
+        assert torch.allclose(result, expected.flip(-1) if flip else expected, atol=1e-6)
 
 
 def test_resized_crop_boxes_follow_scale_and_ratio():
@@ -183,17 +178,39 @@ def test_resized_crop_boxes_follow_scale_and_ratio():
 
 def test_colour_adjustments_follow_torchvision():
     x = torch.rand(3, 3, 4, 4, generator=SEEDED(0))
-    factor = torch.tensor([0.5, 1.0, 1.4])
     grey_levels = 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     assert torch.allclose(grey(x), grey_levels, atol=1e-6)
-    assert torch.allclose(brightness(x, factor), (x * factor.view(3, 1, 1, 1)).clamp(0, 1))
+    f = torch.tensor([0.5, 1.0, 1.4])
+    ones = torch.ones(3)
+
+    def alone(index, factor):  # one adjustment, the others at factor 1 (off)
+        factors = torch.stack([ones, ones, ones], dim=1)
+        factors[:, index] = factor
+        return adjust(x, factors, torch.tensor([[index, (index + 1) % 3, (index + 2) % 3]] * 3))
+
+    w = f.view(3, 1, 1, 1)
+    assert torch.allclose(alone(0, f), (x * w).clamp(0, 1), atol=1e-6)
     mean = grey_levels.mean(dim=(1, 2, 3), keepdim=True)
-    f = factor.view(3, 1, 1, 1)
-    assert torch.allclose(contrast(x, factor), (f * x + (1 - f) * mean).clamp(0, 1), atol=1e-6)
-    assert torch.allclose(saturation(x, factor), (f * x + (1 - f) * grey_levels).clamp(0, 1), atol=1e-6)
-    assert torch.allclose(saturation(x, torch.zeros(3)), grey_levels.expand_as(x), atol=1e-6)
+    assert torch.allclose(alone(1, f), (w * x + (1 - w) * mean).clamp(0, 1), atol=1e-6)
+    assert torch.allclose(alone(2, f), (w * x + (1 - w) * grey_levels).clamp(0, 1), atol=1e-6)
+    assert torch.allclose(alone(2, torch.zeros(3)), grey_levels.expand_as(x), atol=1e-6)
+    assert torch.equal(alone(0, ones), x)
     one_channel = x[:, :1]
-    assert torch.equal(saturation(one_channel, factor), one_channel) and torch.equal(grey(one_channel), one_channel)
+    assert torch.equal(grey(one_channel), one_channel)
+    assert torch.equal(adjust(one_channel, torch.tensor([[1.0, 1.0, 0.3]] * 3), torch.tensor([[2, 0, 1]] * 3)),
+                       one_channel)  # a grey image has no saturation to change
+
+
+def test_adjustments_run_in_each_images_order():
+    x = torch.rand(2, 3, 4, 4, generator=SEEDED(0))
+    factors = torch.tensor([[1.3, 0.6, 1.0], [1.3, 0.6, 1.0]])
+    out = adjust(x, factors, torch.tensor([[0, 1, 2], [1, 0, 2]]))
+    brightened = (x[:1] * 1.3).clamp(0, 1)
+    then_contrast = (0.6 * brightened + 0.4 * grey(brightened).mean()).clamp(0, 1)
+    contrasted = (0.6 * x[1:] + 0.4 * grey(x[1:]).mean()).clamp(0, 1)
+    then_brightness = (contrasted * 1.3).clamp(0, 1)
+    assert torch.allclose(out[:1], then_contrast, atol=1e-6) and torch.allclose(out[1:], then_brightness, atol=1e-6)
+    assert not torch.allclose(then_contrast[0], (x[:1] * 1.3).clamp(0, 1))
 
 
 def test_jitter_draws_factors_per_image_and_leaves_off_what_is_off():
@@ -340,3 +357,12 @@ def test_lake_splits_of_omniglot_take_class_rotation():
                      "data.train_split=background", "data.val_split=evaluation", "data.test_split=evaluation",
                      glyphs=False)
     assert task.data.augmented_roles() == ["train"] and task.to_dict()["data"]["augment"] == "class_rotation"
+
+
+def test_the_cub_task_files_augment_as_the_paper_they_quote():
+    from fewshot_metaopt.runs.task_catalog import bundled_task
+    from fewshot_metaopt.runs.task_config import load_task
+
+    for name in ("cub-5w1s", "cub-5w5s"):
+        data = load_task(bundled_task(name)).data
+        assert [data.augmentation(role) for role in ("train", "val", "test")] == ["resized_crop_flip_jitter", None, None]
