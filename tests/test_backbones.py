@@ -103,6 +103,16 @@ def test_bad_arguments_are_one_line_errors(build, message):
     assert str(caught.value) == message
 
 
+def test_layers_say_what_they_keep_and_steps_are_counted_from_zero():
+    text = repr(tiny_resnet12("per_step", drop_rate=0.1))
+    assert "PerStepBatchNorm2d(4, inner_steps=2, eps=1e-05, momentum=0.1)" in text
+    assert "DropBlock(drop_rate=0.1, block_size=5)" in text
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"inner_step needs an integer step >= 0, got {bad!r}"):
+            with inner_step(bad):
+                pass
+
+
 # -------------------------------------------------------------------------------- DropBlock
 
 
