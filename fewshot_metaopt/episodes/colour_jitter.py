@@ -46,7 +46,8 @@ def adjust(images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
         levels = grey(out)
         target = torch.where(kind == SATURATION, levels, levels.mean(dim=(1, 2, 3), keepdim=True))
         target = torch.where(kind == BRIGHTNESS, torch.zeros((), dtype=out.dtype), target)
-        out = (factor * out + (1.0 - factor) * target).clamp_(0.0, 1.0)
+        # lerp is f * out + (1 - f) * target in one pass, and exactly ``out`` at f = 1.
+        out = torch.lerp(target, out, factor).clamp_(0.0, 1.0)
     return out
 
 
