@@ -165,3 +165,30 @@ def test_a_moved_learner_builds_its_heads_where_its_model_now_is():
     episode = Episode(episode.support_x.float(), episode.support_y, episode.query_x.float(), episode.query_y)
     assert all(t.dtype == torch.float32 for t in learner.initial_weights(episode, 0, "eval").values())
     assert learner.meta_train_step([episode]).tasks == 1
+
+
+def test_with_per_step_batch_norm_the_prototype_pass_is_step_0_and_writes_no_statistics():
+    torch.manual_seed(0)
+    model = conv4(3, hidden=4, image_size=16, batch_norm="per_step", inner_steps=2)
+    learner = GradientMetaLearner(model, GradientMetaLearnerConfig(algorithm="proto_maml", inner_lr=0.1, inner_steps=2))
+    episodes = [Episode(e.support_x.float(), e.support_y, e.query_x.float(), e.query_y)
+                for e in classification_episodes(2, (1, 16, 16), ways=3, shots=2)]
+
+    def buffers():
+        return {name: b.clone() for name, b in model.named_buffers()}
+
+    before = buffers()
+    learner.initial_weights(episodes[0], 0, "second_order")
+    assert all(torch.equal(before[n], b) for n, b in model.named_buffers())
+    learner.meta_train_step(episodes)                       # the support and query passes write them
+    trained = buffers()
+    assert any(not torch.equal(before[n], trained[n]) for n in before)
+    # Scored, a task normalises with step 0's running statistics: an example's embedding does
+    # not depend on the rest of the support set, and nothing is written.
+    head = PrototypeHead(model)
+    x = episodes[0].support_x
+    alone = head.embed(x[:1], evaluating=True)
+    together = head.embed(x, evaluating=True)[:1]
+    assert torch.allclose(alone, together, atol=1e-5)
+    learner.evaluate(episodes)
+    assert all(torch.equal(trained[n], b) for n, b in model.named_buffers())

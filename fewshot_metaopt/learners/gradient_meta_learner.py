@@ -163,7 +163,7 @@ class GradientMetaLearner:
             return None
         evaluating = mode == "eval"
         with torch.no_grad() if evaluating else nullcontext():
-            weights = self.prototype_head(episode.support_x, episode.support_y, task)
+            weights = self.prototype_head(episode.support_x, episode.support_y, task, evaluating)
         # Without a graph the engines still differentiate the support loss with regard to them.
         return {name: w.requires_grad_() for name, w in weights.items()} if evaluating else weights
 

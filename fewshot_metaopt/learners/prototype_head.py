@@ -11,15 +11,21 @@ inner loop; the model's own head parameters are never used and get no meta-gradi
 Any backbone works whose last layer with parameters (the last registered) is an
 ``nn.Linear`` with a bias: conv4, mlp, :class:`~fewshot_metaopt.models.ResidualConvNet`. The
 embedding is whatever that layer receives, caught by a forward pre-hook, so the body needs no
-method of its own.
+method of its own. The pass that computes it runs as the support pass of inner step 0 does
+(:mod:`fewshot_metaopt.models.inner_step`: per-step batch norm normalises with the batch's
+statistics while meta-training, with step 0's running ones when a task is scored) and leaves
+the model's buffers as they were, so that the running statistics see each support set once.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..models.inner_step import inner_step
 
 
 def linear_head(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -55,17 +61,24 @@ class PrototypeHead:
     def ways(self) -> int:
         return self.head.out_features
 
-    def embed(self, x: Tensor) -> Tensor:
-        """What the head receives when the model runs on ``x``."""
+    def embed(self, x: Tensor, evaluating: bool = False) -> Tensor:
+        """What the head receives when the model runs on ``x`` at inner step 0 (``evaluating``:
+        a task adapted to be scored); the model's buffers are left as they were."""
         caught: list[Tensor] = []
+        buffers = list(self.model.buffers())
+        saved = [b.clone() for b in buffers]
         handle = self.head.register_forward_pre_hook(lambda module, args: caught.append(args[0]))
         try:
-            self.forward(x)
+            with inner_step(0, evaluating):
+                self.forward(x)
         finally:
             handle.remove()
+            with torch.no_grad():
+                for buffer, value in zip(buffers, saved):
+                    buffer.copy_(value)
         return caught[0]
 
-    def __call__(self, support_x: Tensor, support_y: Tensor, task: int) -> dict[str, Tensor]:
+    def __call__(self, support_x: Tensor, support_y: Tensor, task: int, evaluating: bool = False) -> dict[str, Tensor]:
         ways = self.ways
         if support_y.is_floating_point():
             raise ValueError(f"task {task}: proto_maml builds its head from class prototypes and needs integer class "
@@ -73,7 +86,7 @@ class PrototypeHead:
         if support_y.numel() and (int(support_y.min()) < 0 or int(support_y.max()) >= ways):
             raise ValueError(f"task {task}: support labels must lie in 0..{ways - 1} for a head of {ways} outputs, "
                              f"got {int(support_y.min())}..{int(support_y.max())}")
-        embedding = self.embed(support_x).to(self.head.weight.dtype)
+        embedding = self.embed(support_x, evaluating).to(self.head.weight.dtype)
         if embedding.dim() != 2:
             raise ValueError(f"proto_maml needs the head's input to be (examples, features), got shape "
                              f"{tuple(embedding.shape)}; flatten before the head")
