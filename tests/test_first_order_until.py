@@ -118,7 +118,7 @@ def test_the_maml_plus_plus_task_file_carries_antoniou_et_al_s_hyperparameters()
     task = load_task(MAML_PLUS_PLUS)
     learner = task.learner
     assert (task.data.dataset, task.ways, task.episodes.shots, task.data.image_size) == ("omniglot", 5, 1, 28)
-    assert (task.model.name, task.model.channels) == ("conv4", 64)
+    assert (task.model.name, task.model.channels, task.model.batch_norm) == ("conv4", 64, "per_step")
     assert (learner.algorithm, learner.inner_lr, learner.inner_steps, learner.eval_steps) == ("maml", 0.1, 5, 5)
     assert learner.lr_granularity == "per_step_per_layer"
     assert (learner.multi_step_loss, learner.multi_step_anneal_iters) == (True, 5000)
