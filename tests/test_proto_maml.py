@@ -9,7 +9,7 @@ from torch import nn
 
 from fewshot_metaopt import Episode, GradientMetaLearner, GradientMetaLearnerConfig
 from fewshot_metaopt.learners.prototype_head import PrototypeHead, linear_head
-from fewshot_metaopt.models import ResidualConvNet, conv4, mlp
+from fewshot_metaopt.models import ResidualConvNet, conv4, mlp, resnet12
 from fewshot_metaopt.runs.errors import RunError
 from fewshot_metaopt.runs.task_config import load_task
 from learner_fixtures import classification_episodes, tiny_convnet, tiny_mlp
@@ -89,6 +89,7 @@ def test_the_engines_and_the_vmapped_loop_agree(first_order):
     (lambda: conv4(3, hidden=4, image_size=16), (1, 16, 16)),
     (lambda: mlp(5, 3, hidden=(8,)), (5,)),
     (lambda: ResidualConvNet(3, width=4, blocks=1), (1, 8, 8)),
+    (lambda: resnet12(3, widths=(4, 6, 8, 10)), (3, 16, 16)),
 ])
 def test_any_backbone_whose_last_layer_is_linear(make_model, shape):
     torch.manual_seed(0)
