@@ -18,6 +18,7 @@ from fewshot_metaopt.models import (
     inner_step,
     parameter_display_names,
     resnet12,
+    scoring,
     wide_resnet,
     wrn28_10,
 )
@@ -180,6 +181,22 @@ def test_each_inner_step_keeps_its_own_statistics(engine):
         assert not torch.equal(norm.running_mean[0], norm.running_mean[1])
     # Every row of the per-step weights moved under the outer step (each was used at its step).
     assert all(bool((norms[0].weight[k] != 1).any()) for k in range(3))
+
+
+@pytest.mark.parametrize("engine", ["func", "higher"])
+def test_an_inner_loop_without_a_graph_still_meta_trains_unless_it_scores(engine):
+    """Reptile and iMAML meta-train through inner loops that keep no graph: those record
+    statistics; only adapting to score (learner.adapt, evaluate) reads them instead."""
+    model = tiny_resnet12("per_step")
+    learner = GradientMetaLearner(model, GradientMetaLearnerConfig(inner_steps=2, inner_lr=0.1, engine=engine))
+    norm = model[0][0].body[1]
+    episode = episodes(1)[0]
+    learner.inner_loop(episode, 2, "eval", task=0, per_step_query=False)
+    assert norm.num_batches_tracked.tolist() == [1, 1]
+    learner.adapt(episode)(episode.query_x)
+    with scoring():
+        learner.inner_loop(episode, 2, "eval", task=0, per_step_query=False)
+    assert norm.num_batches_tracked.tolist() == [1, 1]
 
 
 @pytest.mark.parametrize("engine", ["func", "higher"])

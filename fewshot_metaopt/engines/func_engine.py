@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..models.inner_step import inner_step
+from ..models.inner_step import current_inner_step, inner_step
 from ..optim.rules.base import UpdateRule, step_rule
 from .functional_model import Forward, functional_forward
 from .precision import FP32, Precision
@@ -140,6 +140,7 @@ class FuncEngine:
         if mode not in MODES:
             raise ValueError(f"unknown inner-loop mode {mode!r}; choose one of {', '.join(MODES)}")
         evaluating = mode == "eval"
+        scoring = current_inner_step().evaluating  # the caller's to say (models.scoring)
         adapted = set(self.adapted)
         params = dict(self.model.named_parameters())
         if initial:
@@ -152,7 +153,7 @@ class FuncEngine:
         for step in range(steps):
             if evaluating:
                 params = {n: p.detach().requires_grad_(n in adapted) for n, p in params.items()}
-            loss = support_loss(self.adapted_model(params, step, evaluating), step)
+            loss = support_loss(self.adapted_model(params, step, scoring), step)
             if record is not None:
                 record(params, state, step)
             grads = self._grads(loss, params, mode, allow_unused)
@@ -160,11 +161,11 @@ class FuncEngine:
                 new, state = step_rule(self.rule, {n: params[n] for n in self.adapted}, grads, state, step, loss)
             params.update(new)
             if query_loss is not None and step < steps - 1:
-                query_losses.append(query_loss(self.adapted_model(params, step, evaluating)))
+                query_losses.append(query_loss(self.adapted_model(params, step, scoring)))
         if evaluating:
             params = {n: p.detach() for n, p in params.items()}
         # The query pass after the last step runs at that step, as MAML++'s does.
-        return self.adapted_model(params, max(steps - 1, 0), evaluating), state, query_losses
+        return self.adapted_model(params, max(steps - 1, 0), scoring), state, query_losses
 
     def vmapped(
         self,

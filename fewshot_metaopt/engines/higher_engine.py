@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import higher
 from torch import Tensor, nn
 
-from ..models.inner_step import inner_step
+from ..models.inner_step import current_inner_step, inner_step
 from ..optim.rules.base import UpdateRule, step_rule
 from ..torch_optim.rule_optimizer import RuleOptimizer
 from .func_engine import MODES, Recorder, unused_parameters_error
@@ -139,6 +139,7 @@ class HigherEngine:
         if mode not in MODES:
             raise ValueError(f"unknown inner-loop mode {mode!r}; choose one of {', '.join(MODES)}")
         track = mode != "eval"
+        scoring = current_inner_step().evaluating  # the caller's to say (models.scoring)
         fmodel = higher.monkeypatch(self.model, copy_initial_weights=False, track_higher_grads=track)
         if initial:
             # The differentiable optimizer reads its parameters from the fast weights at every step.
@@ -151,7 +152,7 @@ class HigherEngine:
         scale = self.loss_scale
         query_losses: list[Tensor] = []
         for step in range(steps):
-            loss = support_loss(AtInnerStep(fmodel, step, not track), step)
+            loss = support_loss(AtInnerStep(fmodel, step, scoring), step)
             if record is not None:
                 record(dict(zip(self.names, fmodel.fast_params)), diffopt.rule_state, step)
             if scale != 1.0:
@@ -159,5 +160,5 @@ class HigherEngine:
             else:
                 diffopt.step(loss, grad_callback=callback)
             if query_loss is not None and step < steps - 1:
-                query_losses.append(query_loss(AtInnerStep(fmodel, step, not track)))
-        return AtInnerStep(fmodel, max(steps - 1, 0), not track), diffopt.rule_state, query_losses
+                query_losses.append(query_loss(AtInnerStep(fmodel, step, scoring)))
+        return AtInnerStep(fmodel, max(steps - 1, 0), scoring), diffopt.rule_state, query_losses

@@ -32,6 +32,7 @@ from ..engines.func_engine import FuncEngine
 from ..engines.precision import lower_scale_after_overflow, resolve_precision
 from ..episodes.episode import Episode, episodes_to
 from ..losses import task_loss
+from ..models.inner_step import scoring
 from ..optim.learned_lr import learned_lr_of, learned_lr_tensors_of
 from ..optim.moved_state import follow_parameters, mapped_tree, placed_like
 from ..optim.outer_step import OUTER_OPTIMIZERS, clipped_step
@@ -241,12 +242,14 @@ class GradientMetaLearner:
         """The model adapted to ``episode``'s support set, as a functional model.
 
         Call it on inputs: ``fmodel(x)``. The original parameters and buffers are untouched.
-        ``differentiable=True`` keeps the graph back to the meta-parameters.
+        ``differentiable=True`` keeps the graph back to the meta-parameters; without it the task
+        is adapted to be scored (per-step batch norm uses its running statistics, DropBlock
+        drops nothing; see :mod:`fewshot_metaopt.models.inner_step`).
         """
         steps = self.config.eval_steps if steps is None else steps
         episode = episode.to(self.device)
         mode = self.training_mode if differentiable else "eval"
-        with torch.enable_grad():
+        with torch.enable_grad(), nullcontext() if differentiable else scoring():
             fmodel, _, _ = self.inner_loop(episode, steps, mode, task=0, per_step_query=False)
         return fmodel
 

@@ -14,7 +14,7 @@ from .batch_norm import BATCH_NORMS, PER_STEP, TRANSDUCTIVE, PerStepBatchNorm2d,
 from .conv4 import conv4, conv_block
 from .display_names import LAYER_KINDS, parameter_display_names
 from .drop_block import DropBlock
-from .inner_step import InnerStep, current_inner_step, inner_step
+from .inner_step import InnerStep, current_inner_step, inner_step, scoring
 from .mlp import mlp
 from .residual import Residual
 from .residual_conv_net import ResidualConvNet
@@ -24,5 +24,5 @@ from .wide_resnet import wide_block, wide_resnet, wrn28_10
 __all__ = [
     "BATCH_NORMS", "DropBlock", "InnerStep", "LAYER_KINDS", "PER_STEP", "PerStepBatchNorm2d", "Residual",
     "ResidualConvNet", "TRANSDUCTIVE", "batch_norm_2d", "conv4", "conv_block", "current_inner_step", "inner_step",
-    "mlp", "parameter_display_names", "resnet12", "resnet12_block", "wide_block", "wide_resnet", "wrn28_10",
+    "mlp", "parameter_display_names", "resnet12", "resnet12_block", "scoring", "wide_block", "wide_resnet", "wrn28_10",
 ]

@@ -5,7 +5,10 @@ after the last step. Most layers do not care; MAML++'s per-step batch norm (:mod
 keeps statistics, weights and biases per step, and DropBlock (:mod:`.drop_block`) drops
 nothing while a task is adapted to be scored. The engines say where a call stands with
 :func:`inner_step` around it (``fmodel(x)`` of an adapted model does it for the step it ended
-at); a layer reads :func:`current_inner_step`. A context variable rather than a forward
+at); a layer reads :func:`current_inner_step`. Whether a task is adapted to be scored is the
+caller's to say, with :func:`scoring` around the inner loop (``learner.adapt`` and so
+``learner.evaluate`` do): an inner loop without a graph is no sign of it, since Reptile and
+iMAML meta-train through such loops. A context variable rather than a forward
 argument, so that every network keeps the plain ``model(x)`` signature the engines, higher
 and ``torch.func.functional_call`` call.
 """
@@ -22,7 +25,8 @@ from typing import Iterator
 class InnerStep:
     """``step``: the inner step whose weights the call runs (the support pass of step ``k``
     and the query pass after it are both step ``k``, as in MAML++). ``evaluating``: the task is
-    adapted to be scored (``learner.evaluate``, ``learner.adapt``), not meta-trained on."""
+    adapted to be scored (``learner.evaluate``, ``learner.adapt``; see :func:`scoring`), not
+    meta-trained on."""
 
     step: int = 0
     evaluating: bool = False
@@ -46,3 +50,11 @@ def inner_step(step: int, evaluating: bool = False) -> Iterator[InnerStep]:
 
 def current_inner_step() -> InnerStep:
     return _CURRENT.get()
+
+
+@contextmanager
+def scoring() -> Iterator[InnerStep]:
+    """Inner loops run inside the block adapt tasks to be scored (``evaluating``); the adapted
+    models they return keep scoring after it."""
+    with inner_step(current_inner_step().step, evaluating=True) as now:
+        yield now
