@@ -199,6 +199,20 @@ def test_fp16_skips_an_overflowing_step_and_lowers_its_scale(fp16_on_cpu):
     assert learner.loss_scale < 1e38 and result.grad_norm != result.grad_norm  # NaN: no step
 
 
+def test_fp16_overflowing_on_the_very_first_step_lowers_the_scale_it_had_not_made_yet(fp16_on_cpu):
+    """Every task of the first meta-step overflows before any scaled backward: the scaler has
+    no scale tensor yet, and the step is skipped with the scale lowered, not an AssertionError."""
+    torch.manual_seed(0)
+    model = conv4(5, hidden=8)
+    learner = GradientMetaLearner(model, GradientMetaLearnerConfig(inner_lr=0.4, precision="fp16"))
+    learner.scaler = torch.amp.GradScaler("cpu", init_scale=1e38)  # float16 overflows at this scale
+    before = [p.detach().clone() for p in model.parameters()]
+    result = learner.meta_train_step(glyph_episodes(2))
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert learner.loss_scale == pytest.approx(0.5e38) and result.grad_norm != result.grad_norm
+    assert precision_module.lower_scale_after_overflow(None) is False
+
+
 def test_fp16_truncated_bptt_and_warp_grad_train(fp16_on_cpu):
     episodes = glyph_episodes(2)
     torch.manual_seed(0)

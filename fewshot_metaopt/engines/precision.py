@@ -79,6 +79,10 @@ def lower_scale_after_overflow(scaler: "torch.amp.GradScaler | None") -> bool:
     below 1, where scaling overflows nothing) they are real and the caller raises."""
     if scaler is None or scaler.get_scale() <= 1.0:
         return False
+    if scaler._scale is None:
+        # Every task overflowed before the first scaled backward: the scaler makes its scale
+        # tensor lazily, on its first scale(), and update() refuses to run before that.
+        scaler.scale(torch.zeros((), device=scaler._device))
     scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
     return True
 
