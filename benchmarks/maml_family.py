@@ -12,7 +12,8 @@
     same weights. Then each is scored on the same ``--test-episodes`` fixed test episodes
     (mean and 95% CI). The protocol is the CPU one of the repository's other Omniglot
     comparisons (docs/benchmarks.md): conv4 with ``--width`` channels, meta-batch
-    ``--meta-batch``, Adam ``--meta-lr``; each algorithm's inner loop is in ``VARIANTS``.
+    ``--meta-batch``, Adam ``--meta-lr``; each contender's inner loop is in ``CONTENDERS``
+    (any other registered algorithm runs with the setting's inner loop).
 
 ``memory``
     One meta-step of MAML (second order) and of iMAML on ``--memory-setting`` as the inner steps
@@ -23,8 +24,8 @@
     shapes only.
 
 Without Omniglot in ``--data-root`` (default ``../shared/data/omniglot`` beside the repository)
-the generated Glyphs set stands in, and the output says so. The defaults (4 CPU minutes per
-algorithm per setting) fit a shared 2-core machine in about an hour; the papers train for
+the generated Glyphs set stands in, and the output says so. The default budget, 3 CPU minutes
+per algorithm per setting, fits a shared 2-core machine in about an hour; the papers train for
 hours on a GPU, so read the ranking at this budget, not the papers' figures.
 """
 
@@ -57,22 +58,22 @@ SETTINGS = {
     "5w1s": dict(ways=5, shots=1, inner_lr=0.4, inner_steps=1, inner_steps_eval=3),
     "20w1s": dict(ways=20, shots=1, inner_lr=0.1, inner_steps=5, inner_steps_eval=5),
 }
-# What each algorithm changes in the setting's learner config. iMAML follows the reference
-# code's Omniglot choices (lambda 2, 5 CG steps) with more inner steps than MAML, since its
-# meta-gradient's cost does not grow with them; Reptile takes several plain SGD steps.
-VARIANTS = {
-    "maml": {"5w1s": {}, "20w1s": {}},
-    "fomaml": {"5w1s": {}, "20w1s": {}},
-    "meta_sgd": {"5w1s": {}, "20w1s": {}},
-    "proto_maml": {"5w1s": {}, "20w1s": {}},
-    "imaml": {
-        "5w1s": dict(inner_steps=5, inner_steps_eval=5, imaml_lambda=2.0, cg_steps=5, cg_damping=1.0),
-        "20w1s": dict(inner_steps=10, inner_steps_eval=10, inner_lr=0.2, imaml_lambda=2.0, cg_steps=5, cg_damping=1.0),
-    },
-    "reptile": {
-        "5w1s": dict(inner_steps=5, inner_steps_eval=5),
-        "20w1s": dict(inner_steps=10, inner_steps_eval=10),
-    },
+# The contenders by label: the algorithm and what it changes in each setting's learner config.
+# iMAML takes the reference code's inner lr (0.1), lambda 2 and 5 CG steps, 5 inner steps (its
+# meta-gradient's cost does not grow with them), and damping 11: the reference solves
+# (1 + 1) I + H / (lambda + 10), which is (1 + 11) I + H / lambda up to a constant factor at
+# lambda 2. Undamped, the system is indefinite on these batch-norm networks (the support
+# Hessian's lowest eigenvalues lie far below -lambda); imaml_undamped shows what that costs.
+# Reptile: 5 plain SGD steps at lr 0.4 (10 at test), the pseudo-gradient handed to Adam.
+IMAML = dict(inner_lr=0.1, inner_steps=5, inner_steps_eval=5, imaml_lambda=2.0, cg_steps=5, cg_damping=11.0)
+CONTENDERS = {
+    "maml": ("maml", {}),
+    "fomaml": ("fomaml", {}),
+    "meta_sgd": ("meta_sgd", {}),
+    "reptile": ("reptile", dict(inner_lr=0.4, inner_steps=5, inner_steps_eval=10)),
+    "imaml": ("imaml", IMAML),
+    "imaml_undamped": ("imaml", {**IMAML, "cg_damping": 0.0}),
+    "proto_maml": ("proto_maml", {}),
 }
 DEFAULT_ALGORITHMS = ["maml", "fomaml", "meta_sgd", "reptile", "imaml", "proto_maml"]
 
@@ -100,17 +101,18 @@ def splits(data_root: Path, glyph_characters: int):
             f"Glyphs (generated; no Omniglot in {data_root})")
 
 
-def learner_config(algorithm: str, setting: str, args) -> GradientMetaLearnerConfig:
+def learner_config(label: str, setting: str, args) -> GradientMetaLearnerConfig:
+    """The setting's inner loop and ``args``' outer loop, with what the contender changes."""
     s = SETTINGS[setting]
+    algorithm, changes = CONTENDERS[label] if label in CONTENDERS else (label, {})
     values = dict(algorithm=algorithm, inner_lr=s["inner_lr"], inner_steps=s["inner_steps"],
                   inner_steps_eval=s["inner_steps_eval"], meta_lr=args.meta_lr)
-    values.update(VARIANTS.get(algorithm, {}).get(setting, {}))
-    return GradientMetaLearnerConfig(**values)
+    return GradientMetaLearnerConfig(**{**values, **changes})
 
 
 def describe(config: GradientMetaLearnerConfig) -> str:
     text = f"lr {config.inner_lr}, {config.inner_steps} step(s) ({config.eval_steps} at test)"
-    if config.algorithm == "imaml":
+    if config.method.proximal:
         text += f", lambda {config.imaml_lambda}, {config.cg_steps} CG steps, damping {config.cg_damping}"
     return text
 
@@ -121,9 +123,9 @@ def describe(config: GradientMetaLearnerConfig) -> str:
 class Contender:
     """One algorithm's learner, its own training stream and the CPU time it has used."""
 
-    def __init__(self, algorithm: str, setting: str, train, args) -> None:
+    def __init__(self, label: str, setting: str, train, args) -> None:
         s = SETTINGS[setting]
-        self.algorithm, self.config = algorithm, learner_config(algorithm, setting, args)
+        self.algorithm, self.config = label, learner_config(label, setting, args)
         torch.manual_seed(args.seed)  # the same initial weights for every algorithm
         self.learner = GradientMetaLearner(conv4(s["ways"], hidden=args.width), self.config)
         self.sampler = TaskDistributionSampler(train, ways=s["ways"], shots=s["shots"], queries=args.queries,
@@ -284,8 +286,9 @@ def parse(argv: list[str] | None):
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["5w1s", "20w1s"])
     parser.add_argument("--algorithms", nargs="+", default=DEFAULT_ALGORITHMS,
-                        help=f"any of {', '.join(ALGORITHMS)} (default: %(default)s)")
-    parser.add_argument("--cpu-seconds", type=float, default=240.0,
+                        help=f"contenders: any of {', '.join(dict.fromkeys([*CONTENDERS, *ALGORITHMS]))} "
+                             "(default: %(default)s)")
+    parser.add_argument("--cpu-seconds", type=float, default=180.0,
                         help="meta-training CPU seconds per algorithm per setting (default: %(default)s)")
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--width", type=int, default=32, help="conv4 channels (default: %(default)s)")
@@ -302,9 +305,10 @@ def parse(argv: list[str] | None):
     parser.add_argument("--json", type=Path, default=None, help="also write every row here")
     parser.add_argument("--probe", nargs=2, metavar=("ALGORITHM", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    unknown = [name for name in [*args.algorithms, *args.memory_algorithms] if name not in ALGORITHMS]
+    known = dict.fromkeys([*CONTENDERS, *ALGORITHMS])
+    unknown = [name for name in [*args.algorithms, *args.memory_algorithms] if name not in known]
     if unknown:
-        parser.error(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
+        parser.error(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     return args
 
 

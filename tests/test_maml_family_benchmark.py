@@ -13,7 +13,7 @@ def test_the_maml_family_benchmark_runs_at_toy_size(tmp_path):
                      "--queries", "2", "--test-episodes", "3", "--glyph-characters", "40", "--memory-setting", "5w1s",
                      "--memory-steps", "1", "4", "--json", str(tmp_path / "rows.json"))
     assert "Glyphs (generated; no Omniglot in" in out and "get_cpu_capability()" in out and "load average" in out
-    assert "| imaml | lr 0.4, 5 step(s) (5 at test), lambda 2.0, 5 CG steps, damping 1.0 |" in out
+    assert "| imaml | lr 0.1, 5 step(s) (5 at test), lambda 2.0, 5 CG steps, damping 11.0 |" in out
     rows = json.loads((tmp_path / "rows.json").read_text())
     accuracy = {row["algorithm"]: row for row in rows["accuracy"]}
     assert set(accuracy) == {"maml", "imaml"}
