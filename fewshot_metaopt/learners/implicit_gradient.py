@@ -97,14 +97,14 @@ def _task_objective(learner: MetaLearner, episode: Episode, task: int, names: Li
     lam, damping = cfg.imaml_lambda, cfg.cg_damping
 
     def matvec(vectors: List[Tensor]) -> List[Tensor]:
+        # Hessian-vector products; a support gradient that is a constant (a parameter the loss
+        # does not reach, with allow_unused) adds no curvature.
         products = [torch.zeros_like(v) for v in vectors]
         if in_graph:
-            found = torch.autograd.grad([support_grads[i] for i in in_graph], [phi[i] for i in in_graph],
+            found = torch.autograd.grad([support_grads[i] for i in in_graph], phi,
                                         grad_outputs=[vectors[i] for i in in_graph], retain_graph=True,
-                                        allow_unused=True)
-            for i, hv in zip(in_graph, found):
-                if hv is not None:
-                    products[i] = hv
+                                        allow_unused=True, materialize_grads=True)
+            products = list(found)
         return [(1.0 + damping) * v + hv / lam for v, hv in zip(vectors, products)]
 
     solved = conjugate_gradient(matvec, query_grads, cfg.cg_steps)
