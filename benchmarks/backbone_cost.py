@@ -121,24 +121,37 @@ def one(name: str, args) -> dict:
 
 
 def estimate(rows: list[dict], gib: float, meta_batch: int) -> list[str]:
-    """Paper estimate of what a ``gib`` GPU holds, from the task loop's measured memory: the
-    loop keeps one task's graph at a time beside the weights, their meta-gradient and Adam's two
-    moments, so a task's graph is its peak above start less three times the weights; a chunk
-    of ``c`` vmapped tasks holds ``c`` graphs beside the four copies of the weights."""
+    """Paper estimate of what a ``gib`` GPU holds, from the measured memory above start. Beside
+    the graphs, a meta-iteration holds the weights' meta-gradient and Adam's two moments (three
+    copies of the weights; the weights themselves are in the start). The task loop holds one
+    task's graph at a time; a vmapped chunk of ``c`` tasks holds ``c`` graphs of its own kind
+    (vmap's batch norm in elementary ops and plain convolutions keep more than the loop's)."""
     lines = [f"Estimate (not measured) for a {gib:g} GiB GPU: a task's graph takes there what it takes here; "
              f"{CUDA_OVERHEAD_GIB} GiB go to the CUDA context, workspaces and the allocator's rounding."]
     for r in rows:
-        if r["chunk"] is not None:
-            continue
         weights = r["parameters"] * 4 / 2**30
-        graph = r.get("cuda_peak_gib", r["above_start_gib"]) - 3 * weights
+        graph = (r.get("cuda_peak_gib", r["above_start_gib"]) - 3 * weights) / (r["chunk"] or 1)
         if graph <= 0:
             continue
         tasks = int((gib - CUDA_OVERHEAD_GIB - 4 * weights) // graph)
-        lines.append(f"  {r['config']}: {graph:.2f} GiB a task's graph -> about {tasks} tasks at once "
-                     f"(vmap_chunk_size <= {tasks}); the task loop runs any meta-batch in "
-                     f"{graph + 4 * weights:.2f} GiB" + ("" if tasks >= meta_batch else
-                                                         f"; a chunk of {meta_batch} does not fit"))
+        if r["chunk"] is None:
+            lines.append(f"  {r['config']}: {graph:.2f} GiB a task's graph; the task loop runs any meta-batch in "
+                         f"{graph + 4 * weights:.2f} GiB")
+        else:
+            lines.append(f"  {r['config']}: {graph:.2f} GiB a task's graph -> chunks of about {tasks} tasks "
+                         f"(vmap_chunk_size <= {tasks})" + ("" if tasks >= meta_batch else
+                                                            f"; the meta-batch of {meta_batch} in one chunk does not fit"))
+    return lines
+
+
+def table(rows: list[dict], device: str) -> list[str]:
+    memory = "CUDA peak GiB" if device.startswith("cuda") else "above start GiB"
+    lines = [f"| configuration | CPU s / iteration | wall s / iteration | peak RSS GiB | {memory} |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        label = r["config"] if r["chunk"] is None else f"{r['config']} (chunks of {r['chunk']})"
+        extra = r.get("cuda_peak_gib", r["above_start_gib"])
+        lines.append(f"| {label} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['peak_gib']:.2f} | {extra:.2f} |")
     return lines
 
 
@@ -159,19 +172,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--estimate-gib", type=float, default=24.0)
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--rows-from", nargs="+", default=None, metavar="JSON",
+                        help="print the table and the estimate of rows written by earlier runs (--json), running nothing")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args)))
+        return
+    if args.rows_from:
+        rows = [row for path in args.rows_from for row in json.loads(Path(path).read_text())]
+        print("\n".join([*table(rows, args.device), *estimate(rows, args.estimate_gib, args.meta_batch)]))
         return
     print(f"{time.strftime('%Y-%m-%d %H:%M')}; {machine()}; {args.threads} thread(s); load average {load()}")
     print(f"ResNet-12 {'-'.join(map(str, args.widths))}, {args.ways}-way {args.shots}-shot, {args.queries} queries a "
           f"class, {args.image_size}x{args.image_size}, meta-batch {args.meta_batch}, {args.device}; mean of "
           f"{args.iterations} meta-iteration(s) after {args.warmup} warm-up, each configuration in its own process",
           flush=True)
-    memory = "CUDA peak GiB" if args.device.startswith("cuda") else "above start GiB"
-    print(f"| configuration | CPU s / iteration | wall s / iteration | peak RSS GiB | {memory} |")
-    print("| --- | --- | --- | --- | --- |", flush=True)
+    print("\n".join(table([], args.device)), flush=True)
     passed = [a for a in sys.argv[1:]]
     rows = []
     for name in args.configs:
@@ -181,11 +198,8 @@ def main() -> None:
             tail = (done.stderr.strip().splitlines() or ["no output (killed?)"])[-1]
             print(f"| {name} | failed: {tail} | | | |", flush=True)
             continue
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append(r)
-        label = name if r["chunk"] is None else f"{name} (chunks of {r['chunk']})"
-        extra = r.get("cuda_peak_gib", r["above_start_gib"])
-        print(f"| {label} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['peak_gib']:.2f} | {extra:.2f} |", flush=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(table(rows[-1:], args.device)[-1], flush=True)
     for line in estimate(rows, args.estimate_gib, args.meta_batch):
         print(line)
     if args.json:
