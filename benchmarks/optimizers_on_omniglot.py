@@ -69,8 +69,8 @@ HEAD = 55  # the largest background alphabet
 TRAIN_PER_CLASS = 16
 GRIDS = {
     "SGD": [0.01, 0.03, 0.1, 0.3, 1.0],
-    "SGD+momentum 0.9": [0.001, 0.003, 0.01, 0.03, 0.1],
-    "Adam": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+    "SGD+momentum 0.9": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3],
+    "Adam": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
 }
 NETS: dict[str, Callable[[], nn.Module]] = {
     "conv4": lambda: conv4(HEAD, hidden=32),
@@ -513,9 +513,10 @@ def report(path: Path, target_fraction: float) -> None:
         meta = mine[0]
         print(f"\n### {net}: {meta['steps']} steps of batch {meta['batch']}; {meta['machine']}\n")
         grid = [r for r in mine if r["group"] == "grid"]
+        width = max(len(lrs) for lrs in GRIDS.values())
         print("| grid: mean final val acc % over every evaluated task | " + " | ".join(
-            "lr" for _ in range(5)) + " |")
-        print("| --- |" + " --- |" * 5)
+            "lr: acc" for _ in range(width)) + " |")
+        print("| --- |" + " --- |" * width)
         tuned = {}
         for kind, lrs in GRIDS.items():
             scores = {lr: statistics.fmean(r["final_acc"] for r in grid if r["optimizer"] == kind and r["lr"] == lr)
