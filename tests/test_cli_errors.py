@@ -6,10 +6,13 @@ import pytest
 from fewshot_metaopt.checks import ConfigError, choose, closest
 from fewshot_metaopt.cli import main
 from fewshot_metaopt.config_keys import from_mapping
+from fewshot_metaopt.learners.algorithms import ALGORITHMS
 from fewshot_metaopt.learners.config import GradientMetaLearnerConfig
 from fewshot_metaopt.runs.errors import RunError, TaskErrors
 from fewshot_metaopt.runs.task_config import load_task
 from test_cli import TINY_TASK, write_task
+
+KNOWN_ALGORITHMS = ", ".join(ALGORITHMS.names())
 
 MINIMAL = "[train]\niterations = 3\n"
 
@@ -51,8 +54,8 @@ def test_the_file_and_the_overrides_are_reported_together(tmp_path):
         "unknown key 'lerner.meta_lr' in --set lerner.meta_lr=0.1; did you mean learner.meta_lr?",
         "learner.meta_lr in --set learner.meta_lr=fast must be a number, got 'fast'",
         # A library config's check names its field, not where it was set: every source of its table is named.
-        "--set learner.meta_lr=fast and {path}: [learner] unknown algorithm 'meta_sdg'; choose one of maml, fomaml, "
-        "meta_sgd, anil, warp_maml, warp_leap; did you mean 'meta_sgd'?",
+        "--set learner.meta_lr=fast and {path}: [learner] unknown algorithm 'meta_sdg'; choose one of "
+        f"{KNOWN_ALGORITHMS}; did you mean 'meta_sgd'?",
         "--set train.log_every=0: train.log_every must be >= 1, got 0",
     ]
 
@@ -81,8 +84,7 @@ def test_an_unknown_name_says_what_it_most_likely_meant(tmp_path, text, override
     ("[model]\nxyz = 1\n" + MINIMAL, (), "unknown key 'model.xyz' in {path}; known: model.name, model.channels, "),
     (MINIMAL, ["colour.hue=1"], "unknown key 'colour.hue' in --set colour.hue=1; sections are data, episodes, "),
     (MINIMAL, ["learner.a.b=1"], "unknown key 'learner.a.b' in --set learner.a.b=1; known: learner.algorithm, "),
-    (MINIMAL, ["learner.algorithm=xyz"], "unknown algorithm 'xyz'; choose one of maml, fomaml, meta_sgd, anil, "
-                                         "warp_maml, warp_leap"),
+    (MINIMAL, ["learner.algorithm=xyz"], f"unknown algorithm 'xyz'; choose one of {KNOWN_ALGORITHMS}"),
 ])
 def test_an_unknown_name_like_no_known_one_lists_the_known_ones(tmp_path, text, overrides, expected):
     (found,) = problems(tmp_path, text, overrides)
@@ -101,8 +103,7 @@ def test_every_bad_value_of_one_section_is_reported(tmp_path):
 def test_a_clash_is_not_blamed_on_defaults_that_stand_in_for_a_refused_value(tmp_path):
     # With the algorithm refused, the learner's default (maml) would clash with nothing the user wrote.
     assert problems(tmp_path, "[learner]\nalgorithm = 'fomam'\nfirst_order = false\n" + MINIMAL) == [
-        "{path}: [learner] unknown algorithm 'fomam'; choose one of maml, fomaml, meta_sgd, anil, warp_maml, "
-        "warp_leap; did you mean 'fomaml'?"]
+        f"{{path}}: [learner] unknown algorithm 'fomam'; choose one of {KNOWN_ALGORITHMS}; did you mean 'fomaml'?"]
     # A refused key elsewhere leaves the clash between sections unjudged; alone, it is reported.
     text = "[data]\ndataset = 'sinusoid'\n" + MINIMAL
     assert problems(tmp_path, text, ["train.meta_batch=0"]) == [
