@@ -363,16 +363,20 @@ def free_driver(entry: Any) -> type[Driver]:
 
 
 def read_records(path: Path) -> list[dict]:
+    """The runs of a results file, one per (net, optimizer, setting, seed, episode): a run done
+    twice (a learning sequence redone from its first episode after a kill) counts once, the
+    later one."""
     if not path.exists():
         return []
-    records = []
+    records: dict[tuple, dict] = {}
     for line in path.read_text().splitlines():
         if line.strip():
             try:
-                records.append(json.loads(line))
+                r = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill: that run is simply redone
                 continue
-    return records
+            records[(r["net"], r["group"], r["optimizer"], r["setting"], r["seed"], r["episode"])] = r
+    return list(records.values())
 
 
 def append_record(path: Path, record: dict) -> None:
