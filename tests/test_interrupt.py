@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import pytest
 import torch
 
 from fewshot_metaopt.cli import main
@@ -67,6 +68,17 @@ def test_ctrl_c_checkpoints_the_iteration_and_the_printed_resume_finishes_bit_id
     assert_same_run(whole, cut)
 
 
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own Ctrl-C handler, as an interactive run has it: a job started in the
+    background by a shell without job control (as CI may run the suite) begins with SIGINT
+    ignored, and Python then leaves it ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.usefixtures("python_sigint_handler")
 def test_a_second_ctrl_c_stops_at_once():
     with InterruptGuard() as guard:
         os.kill(os.getpid(), signal.SIGINT)
@@ -80,6 +92,7 @@ def test_a_second_ctrl_c_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.usefixtures("python_sigint_handler")
 def test_outside_the_main_thread_ctrl_c_is_left_as_it_is():
     seen = []
 
