@@ -25,11 +25,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..atomic_files import TEMP_SUFFIX, atomic_write_text, fsync_dir, make_temp_dir
+from ..atomic_files import atomic_write_text, fsync_dir
 from . import toml_writer
 from .errors import RunError
 from .provenance import git_commit, package_version
 from .run_lock import RunLock
+from .staged_folder import clear_if_abandoned, create_staged, half_made
 from .task_config import TaskConfig, read_task_file, task_from_dict
 
 CONFIG_HEADER = "The resolved task of this run: every key with the value it ran with.\nRerun it with: fewshot-metaopt train {path}"
@@ -41,11 +42,6 @@ def now() -> str:
 
 def write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
-
-
-def _half_made(target: Path) -> list[Path]:
-    """Folders a killed ``create`` of ``target`` left beside it."""
-    return sorted(p for p in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}") if p.is_dir())
 
 
 def _whole(folder: Path) -> bool:
@@ -73,14 +69,7 @@ class RunDir:
         target = Path(path)
         if target.exists() and not (target.is_dir() and not any(target.iterdir())):
             raise RunError(f"{target} already exists; continue that run with --resume {target}, or choose another --out")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in _half_made(target):
-            cls._clear_if_abandoned(stale)
-        # Made with the umask's mode (tempfile.mkdtemp's 0700 would stay with the run once renamed).
-        staging = make_temp_dir(target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
-        lock = None
-        try:
-            lock = RunLock.take(staging)
+        def fill(staging: Path) -> None:
             staged = cls(staging)
             header = CONFIG_HEADER.format(path=target / "config.toml")
             atomic_write_text(staged.config, toml_writer.dumps(task.to_dict(), header=header))
@@ -93,22 +82,10 @@ class RunDir:
             })
             staged.checkpoints.mkdir()
             staged.plots.mkdir()
-            staging.replace(target)
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        fsync_dir(target.parent)
-        return cls(target, lock)
 
-    @staticmethod
-    def _clear_if_abandoned(folder: Path) -> None:
-        """Remove a half-made run folder unless a live process is still assembling it."""
-        lock = RunLock.try_take(folder)
-        if lock is not None:
-            lock.release()
-            shutil.rmtree(folder, ignore_errors=True)
+        return cls(target, create_staged(target, fill))
+
+    _clear_if_abandoned = staticmethod(clear_if_abandoned)
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
@@ -127,7 +104,7 @@ class RunDir:
     def _recover(cls, target: Path) -> None:
         """Finish a run folder whose creation was killed after its files were written, or clear
         one killed before; a folder still being assembled is left alone."""
-        for folder in reversed(_half_made(target)):
+        for folder in reversed(half_made(target)):
             lock = RunLock.try_take(folder)
             if lock is None:
                 continue

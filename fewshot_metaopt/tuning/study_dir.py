@@ -22,15 +22,15 @@ ends, however it ends.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-from ..atomic_files import TEMP_SUFFIX, atomic_write_text, fsync_dir, make_temp_dir
+from ..atomic_files import atomic_write_text
 from ..runs.errors import RunError
 from ..runs.run_lock import RunLock
+from ..runs.staged_folder import create_staged
 from .storage import sqlite_url
 
 
@@ -83,30 +83,14 @@ class StudyDir:
         if target.exists() and not (target.is_dir() and not any(target.iterdir())):
             raise RunError(f"{target} already exists; continue that study with fewshot-metaopt tune --resume {target}, "
                            "or choose another --out")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in sorted(target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}")):
-            abandoned = RunLock.try_take(stale)
-            if abandoned is not None:  # else a live process is still assembling it
-                abandoned.release()
-                shutil.rmtree(stale, ignore_errors=True)
-        # With the umask's mode (tempfile.mkdtemp's 0700 would stay with the study once renamed).
-        staging = make_temp_dir(target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
-        lock = None
-        try:
-            lock = RunLock.take(staging)
+        def fill(staging: Path) -> None:
             staged = cls(staging)
             staged.write_settings(settings)
             atomic_write_text(staged.task_file, task_text)
             staged.trials.mkdir()
             populate(staged)
-            staging.replace(target)
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        fsync_dir(target.parent)
-        return cls(target, lock)
+
+        return cls(target, create_staged(target, fill))
 
     @classmethod
     def open(cls, path: str | Path) -> "StudyDir":
