@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from fewshot_metaopt.datasets import miniimagenet as mi
+from fewshot_metaopt.datasets import safe_pickle
 from fewshot_metaopt.datasets.miniimagenet import MiniImageNet
 from fewshot_metaopt.episodes.sampler import TaskDistributionSampler
 from miniimagenet_fixtures import (
@@ -530,7 +531,7 @@ def test_safe_unpickler_reads_numpy1_module_names(tmp_path, data):
 
 def test_unresolvable_numpy_global():
     with pytest.raises(pickle.UnpicklingError, match="numpy has no nothing"):
-        mi._numpy_global(("no.such.module", "numpy"), "nothing")()
+        safe_pickle._numpy_global(("no.such.module", "numpy"), "nothing")()
 
 
 # --------------------------------------------------------------------------- the real Ravi split CSVs

@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import logging
 import os
-import pickle
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -44,6 +41,8 @@ from PIL import Image
 
 from . import cache
 from .base import ClassImageDataset
+# UnsafePickleError stays importable from here: load_pickle raises it.
+from .safe_pickle import WITH_PYTHON3_BYTES, UnsafePickleError, load_numpy_pickle  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -129,81 +128,14 @@ def _read_csv_rows(path: str | os.PathLike) -> list[tuple[str, str, int]]:
 # --------------------------------------------------------------------------- safe pickles
 
 
-def _numpy_global(module_names: Sequence[str], name: str):
-    def resolve():
-        for module_name in module_names:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    module = importlib.import_module(module_name)
-                return getattr(module, name)
-            except (ImportError, AttributeError):
-                continue
-        raise pickle.UnpicklingError(f"numpy has no {name} in {' or '.join(module_names)}")
-
-    return resolve
-
-
-# numpy 1.x pickles name ``numpy.core``, numpy 2.x ``numpy._core``; either is rebuilt by
-# whichever this numpy has. Nothing here can run code: these only build arrays, dtypes,
-# scalars and bytes from the data that follows them in the pickle.
-_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
-_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_global(_MULTIARRAY, "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_global(_MULTIARRAY, "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"): _numpy_global(_MULTIARRAY, "scalar"),
-    ("numpy._core.multiarray", "scalar"): _numpy_global(_MULTIARRAY, "scalar"),
-    ("numpy.core.numeric", "_frombuffer"): _numpy_global(_NUMERIC, "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"): _numpy_global(_NUMERIC, "_frombuffer"),
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    # Python 3 writes bytes as _codecs.encode(text, "latin1") under protocol 2.
-    ("_codecs", "encode"): _numpy_global(("_codecs",), "encode"),
-}
-
-
-class UnsafePickleError(ValueError):
-    """A pickle asked for something other than the numpy globals that rebuild arrays."""
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: Path) -> None:
-        # latin1 reads the array bytes of pickles written by Python 2 as well.
-        super().__init__(file, encoding="latin1")
-        self.source = source
-
-    def find_class(self, module: str, name: str):
-        resolve = _ALLOWED_GLOBALS.get((module, name))
-        if resolve is None:
-            raise UnsafePickleError(
-                f"{NAME}: {self.source} references the global {module}.{name}, which a "
-                f"miniImageNet pickle never needs; refusing to load it (only numpy array globals "
-                f"are allowed). Re-download the pickle from a trusted source"
-            )
-        return resolve()
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError(f"{NAME}: {self.source} uses persistent ids, which a miniImageNet pickle never does; refusing it")
-
-
 def load_pickle(path: str | os.PathLike):
-    """Unpickle ``path`` allowing only the numpy globals that rebuild arrays.
+    """Unpickle ``path`` allowing only the numpy globals that rebuild arrays (and the one Python 3
+    protocol-2 pickles write bytes with).
 
     Anything else (``os.system``, ``builtins.eval``, any class) raises
     :class:`UnsafePickleError` before it is called; a damaged file raises ValueError.
     """
-    path = Path(path)
-    with open(path, "rb") as f:
-        try:
-            return _NumpyOnlyUnpickler(f, path).load()
-        except UnsafePickleError:
-            raise
-        except Exception as err:  # truncated file, not a pickle, damaged array data, ...
-            raise ValueError(
-                f"{NAME}: cannot unpickle {path} ({type(err).__name__}: {err}); the file is "
-                f"damaged or not a miniImageNet pickle; re-download it"
-            ) from None
+    return load_numpy_pickle(path, NAME, "a miniImageNet pickle", WITH_PYTHON3_BYTES)
 
 
 def _pickle_classes(path: Path, image_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -14,7 +14,7 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,15 +50,22 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
 }
+# Python 3 writes ``bytes`` as ``_codecs.encode(text, "latin1")`` under protocol 2; readers of
+# pickles written that way (learn2learn's miniImageNet) allow it too.
+WITH_PYTHON3_BYTES: dict[tuple[str, str], Callable[[], Any]] = {
+    **ALLOWED_GLOBALS,
+    ("_codecs", "encode"): _numpy_global(("_codecs",), "encode"),
+}
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str | os.PathLike, name: str, what: str) -> None:
+    def __init__(self, file, source: str | os.PathLike, name: str, what: str,
+                 allowed: Mapping[tuple[str, str], Callable[[], Any]]) -> None:
         super().__init__(file, encoding="latin1")
-        self.source, self.name, self.what = source, name, what
+        self.source, self.name, self.what, self.allowed = source, name, what, allowed
 
     def find_class(self, module: str, name: str):
-        resolve = ALLOWED_GLOBALS.get((module, name))
+        resolve = self.allowed.get((module, name))
         if resolve is None:
             raise UnsafePickleError(
                 f"{self.name}: {self.source} references the global {module}.{name}, which {self.what} never "
@@ -73,22 +80,25 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         )
 
 
-def load_numpy_pickle(path: str | os.PathLike, name: str, what: str) -> Any:
+def load_numpy_pickle(path: str | os.PathLike, name: str, what: str,
+                      allowed: Mapping[tuple[str, str], Callable[[], Any]] = ALLOWED_GLOBALS) -> Any:
     """Unpickle ``path`` allowing only the NumPy globals that rebuild arrays.
 
     ``name`` (the data set) and ``what`` (``"a CIFAR-100 batch"``) word the errors: anything
     but those globals raises :class:`UnsafePickleError` before it is called, and a damaged or
-    truncated file a one-line ValueError naming it.
+    truncated file a one-line ValueError naming it. ``allowed`` widens the globals for files
+    known to need more (:data:`WITH_PYTHON3_BYTES`).
     """
     path = Path(path)
     with open(path, "rb") as f:
-        return load_numpy_pickle_from(f, path, name, what)
+        return load_numpy_pickle_from(f, path, name, what, allowed)
 
 
-def load_numpy_pickle_from(file, source: str | os.PathLike, name: str, what: str) -> Any:
+def load_numpy_pickle_from(file, source: str | os.PathLike, name: str, what: str,
+                           allowed: Mapping[tuple[str, str], Callable[[], Any]] = ALLOWED_GLOBALS) -> Any:
     """:func:`load_numpy_pickle` for an open binary file (an archive member); ``source`` names it."""
     try:
-        return _NumpyOnlyUnpickler(file, source, name, what).load()
+        return _NumpyOnlyUnpickler(file, source, name, what, allowed).load()
     except UnsafePickleError:
         raise
     except Exception as err:  # truncated, not a pickle, damaged array data, ...
