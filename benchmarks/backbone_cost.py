@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import torch
 from fewshot_metaopt import Episode, GradientMetaLearner, GradientMetaLearnerConfig
 from fewshot_metaopt.atomic_files import atomic_write_text
 from fewshot_metaopt.models import resnet12
+from precision import machine
 
 REPO = Path(__file__).resolve().parents[1]
 # name -> (inner steps, first order, vmapped)
@@ -50,18 +50,6 @@ CONFIGS = {
 # What a CUDA process holds besides the tensors it allocates (the context, cuDNN and cuBLAS
 # workspaces, the caching allocator's rounding): an assumption of the estimate, not a measurement.
 CUDA_OVERHEAD_GIB = 1.5
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return f"{cpu}; torch {torch.__version__}, get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()}"
 
 
 def load() -> str:
@@ -183,7 +171,8 @@ def main() -> None:
         rows = [row for path in args.rows_from for row in json.loads(Path(path).read_text())]
         print("\n".join([*table(rows, args.device), *estimate(rows, args.estimate_gib, args.meta_batch)]))
         return
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}; {machine()}; {args.threads} thread(s); load average {load()}")
+    torch.set_num_threads(args.threads)  # machine() names torch's thread count
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}; {machine()}; load average {load()}")
     print(f"ResNet-12 {'-'.join(map(str, args.widths))}, {args.ways}-way {args.shots}-shot, {args.queries} queries a "
           f"class, {args.image_size}x{args.image_size}, meta-batch {args.meta_batch}, {args.device}; mean of "
           f"{args.iterations} meta-iteration(s) after {args.warmup} warm-up, each configuration in its own process",
