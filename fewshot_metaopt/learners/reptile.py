@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..episodes.episode import Episode
+from .checked_losses import checked_query, checked_vmapped_task
 from .errors import NonFiniteLossError
 from .interface import MetaLearner
 from .results import MetaTrainResult
@@ -77,8 +78,7 @@ def _task_after_task(learner: MetaLearner, episodes: List[Episode]) -> MetaTrain
         try:
             fmodel, _, _ = learner.inner_loop(episode, steps, "eval", task, per_step_query=False, batches=batches)
             with torch.no_grad():
-                output = learner.forward(fmodel, episode.query_x, task, "query")
-                final = learner.checked(learner.loss(output, episode.query_y, task, "query"), task, "query", steps)
+                output, final = checked_query(learner, fmodel, episode, task, steps)
         except NonFiniteLossError:
             if not cfg.skip_nonfinite_tasks:
                 raise
@@ -115,10 +115,7 @@ def _vmapped(learner: MetaLearner, episodes: List[Episode]) -> MetaTrainResult:
                                               vmap_safe_loss(cfg.loss, support_y), batches=batches)
         for i, (task, episode) in enumerate(chunk):
             try:
-                for step in range(steps):
-                    learner.checked(run.support_losses[i, step], task, "support", step)
-                final = learner.checked(learner.loss(run.query_outputs[i], episode.query_y, task, "query"),
-                                        task, "query", steps)
+                final = checked_vmapped_task(learner, run, i, task, episode, steps)
             except NonFiniteLossError:
                 if not cfg.skip_nonfinite_tasks:
                     raise

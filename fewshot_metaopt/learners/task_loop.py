@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import List
 
 from ..episodes.episode import Episode
+from .checked_losses import checked_query
 from .errors import NonFiniteLossError
 from .interface import MetaLearner
 from .results import MetaTrainResult
@@ -23,8 +24,7 @@ def accumulate_task_loop_meta_gradient(learner: MetaLearner, episodes: List[Epis
         try:
             fmodel, _, losses = learner.inner_loop(episode, steps, learner.training_mode, task,
                                                    per_step_query=cfg.multi_step_loss)
-            output = learner.forward(fmodel, episode.query_x, task, "query")
-            final = learner.checked(learner.loss(output, episode.query_y, task, "query"), task, "query", steps)
+            output, final = checked_query(learner, fmodel, episode, task, steps)
         except NonFiniteLossError:
             if not cfg.skip_nonfinite_tasks:
                 raise

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..episodes.episode import Episode
+from .checked_losses import checked_vmapped_task
 from .interface import MetaLearner
 from .results import MetaTrainResult
 from .tally import MetaBatchTally
@@ -90,10 +91,7 @@ def _differentiate_chunk(
     kept, bad = [], []
     for i, (task, episode) in enumerate(chunk):
         try:
-            for step in range(steps):
-                learner.checked(run.support_losses[i, step], task, "support", step)
-            final = learner.checked(learner.loss(run.query_outputs[i], episode.query_y, task, "query"),
-                                     task, "query", steps)
+            final = checked_vmapped_task(learner, run, i, task, episode, steps)
         except FloatingPointError:
             if not cfg.skip_nonfinite_tasks:
                 raise
