@@ -28,9 +28,9 @@ from PIL import Image
 
 from . import cache
 from .base import ClassImageDataset
-from .class_splits import check_split, packaged_split, packaged_split_path
+from .class_splits import packaged_split, packaged_split_path
 from .download import check_members, download_file
-from .image_settings import check_image_size, check_normalisation
+from .image_settings import check_rgb_settings
 from .safe_pickle import load_numpy_pickle, load_numpy_pickle_from, text_keys
 
 NAME = "CIFAR-100"
@@ -243,9 +243,7 @@ class CIFAR100Classes(ClassImageDataset):
         std: Sequence[float] | None = None,
         base_url: str | None = None,
     ) -> None:
-        check_split(split, self.NAME)
-        check_image_size(image_size, self.NAME)
-        check_normalisation(mean, std, 3, self.NAME)
+        check_rgb_settings(split, image_size, mean, std, self.NAME)
         self.root = Path(root).expanduser()
         self.image_size = image_size
         if download:

@@ -31,10 +31,10 @@ import torch
 
 from . import cache
 from .base import ClassImageDataset
-from .class_splits import check_split, packaged_split, packaged_split_path
+from .class_splits import packaged_split, packaged_split_path
 from .download import is_safe_member
 from .image_decoding import decode_all
-from .image_settings import check_image_size, check_normalisation
+from .image_settings import check_rgb_settings
 
 NAME = "CUB"
 ARCHIVE = "CUB_200_2011.tgz"
@@ -129,9 +129,7 @@ class CUB(ClassImageDataset):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        check_split(split, NAME)
-        check_image_size(image_size, NAME)
-        check_normalisation(mean, std, 3, NAME)
+        check_rgb_settings(split, image_size, mean, std, NAME)
         self.root = Path(root).expanduser()
         self.image_size = image_size
         classes = sorted(packaged_split("cub", split, NAME))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from .class_splits import check_split
+
 MODES = {1: "L", 3: "RGB"}
 
 
@@ -37,3 +39,13 @@ def check_normalisation(
             )
     if std is not None and any(float(s) == 0 for s in std):
         raise ValueError(f"{owner}: std must be non-zero in every channel, got {list(std)!r}")
+
+
+def check_rgb_settings(
+    split: str, image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None, owner: str
+) -> None:
+    """A one-line error when the split, the image size or the per-channel normalisation an RGB data
+    set with the standard splits is asked for is not valid."""
+    check_split(split, owner)
+    check_image_size(image_size, owner)
+    check_normalisation(mean, std, 3, owner)

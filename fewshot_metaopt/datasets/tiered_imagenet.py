@@ -33,10 +33,10 @@ import torch
 
 from . import cache
 from .base import ClassImageDataset
-from .class_splits import PARTS, check_split
+from .class_splits import PARTS
 from .hdf5_classes import HDF5Split, read_labels, read_split
 from .image_decoding import decode_all
-from .image_settings import check_image_size, check_normalisation
+from .image_settings import check_rgb_settings
 from .safe_pickle import load_numpy_pickle, text_keys
 
 NAME = "tieredImageNet"
@@ -208,9 +208,7 @@ class TieredImageNet(ClassImageDataset):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        check_split(split, NAME)
-        check_image_size(image_size, NAME)
-        check_normalisation(mean, std, 3, NAME)
+        check_rgb_settings(split, image_size, mean, std, NAME)
         self.root = Path(root).expanduser()
         self.image_size = image_size
         found = [_find(self.root, part) for part in PARTS[split]]
