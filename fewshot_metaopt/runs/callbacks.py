@@ -27,6 +27,7 @@ is passed to every rank.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -66,6 +67,16 @@ class IterationEnd:
     grad_norm: float
     meta_lr: float
     elapsed_s: float
+
+    def train_series(self) -> dict[str, float]:
+        """The ``train/*`` values trackers log for this iteration: accuracy only for
+        classification, the gradient norm only when it is finite."""
+        values = {"train/loss": self.loss, "train/meta_lr": self.meta_lr}
+        if self.accuracy is not None:
+            values["train/accuracy"] = self.accuracy
+        if math.isfinite(self.grad_norm):
+            values["train/grad_norm"] = self.grad_norm
+        return values
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ global active run, so runs in one process (a search) do not mix.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -69,12 +68,7 @@ class MlflowCallback(Callback):
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def on_iteration_end(self, record: IterationEnd) -> None:
-        values = {"train/loss": record.loss, "train/meta_lr": record.meta_lr}
-        if record.accuracy is not None:
-            values["train/accuracy"] = record.accuracy
-        if math.isfinite(record.grad_norm):
-            values["train/grad_norm"] = record.grad_norm
-        self._log(values, record.iteration)
+        self._log(record.train_series(), record.iteration)
 
     def on_validation(self, record: Validation) -> None:
         self._log({f"validation/{record.metric}": record.mean, f"validation/{record.metric}_ci95": record.ci95},

@@ -10,7 +10,6 @@ unchanged.
 
 from __future__ import annotations
 
-import math
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,12 +39,7 @@ class WandbCallback(Callback):
         remember_id(folder, "wandb", self.run.id)
 
     def on_iteration_end(self, record: IterationEnd) -> None:
-        values = {"train/loss": record.loss, "train/meta_lr": record.meta_lr}
-        if record.accuracy is not None:
-            values["train/accuracy"] = record.accuracy
-        if math.isfinite(record.grad_norm):
-            values["train/grad_norm"] = record.grad_norm
-        self.run.log(values, step=record.iteration)
+        self.run.log(record.train_series(), step=record.iteration)
 
     def on_validation(self, record: Validation) -> None:
         values: dict[str, Any] = {f"validation/{record.metric}": record.mean,
