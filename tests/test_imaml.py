@@ -5,7 +5,7 @@ proximal inner loop as the inner steps grow; memory that does not grow with the 
 its config and task-file keys; a bit-exact resume."""
 
 import json
-import weakref
+import sys
 
 import pytest
 import torch
@@ -18,8 +18,12 @@ from fewshot_metaopt.optim import SGDRule
 from fewshot_metaopt.runs.errors import RunError
 from fewshot_metaopt.runs.task_config import load_task
 from learner_fixtures import classification_episodes, tiny_convnet, tiny_mlp
+from script_runner import REPO
 from test_cli import TINY_TASK, write_task
 from test_cli_resume import assert_same_run, train_whole_and_interrupted_then_resumed
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from maml_family import SavedTensorPeak  # noqa: E402
 
 DIM = 6
 LAM = 0.5
@@ -137,44 +141,6 @@ def test_it_approaches_the_unrolled_meta_gradient_as_the_inner_steps_grow(adapte
         unrolled = unrolled_meta_gradient(steps, adapted)
         gaps.append(float((meta_gradient(learner, [episode]) - unrolled).norm() / unrolled.norm()))
     assert gaps[0] > 0.1 and gaps[1] < 0.5 * gaps[0] and gaps[2] < 1e-5, gaps
-
-
-class SavedTensorPeak:
-    """The most bytes autograd holds for backward at once (each storage counted once)."""
-
-    def __init__(self) -> None:
-        self.live: dict[int, list[int]] = {}
-        self.peak = 0
-
-    def _bytes(self) -> int:
-        return sum(size for size, _ in self.live.values())
-
-    def _pack(self, tensor):
-        storage = tensor.untyped_storage()
-        key = storage.data_ptr()
-        entry = self.live.setdefault(key, [storage.nbytes(), 0])
-        entry[1] += 1
-        self.peak = max(self.peak, self._bytes())
-        holder = [tensor]
-        handle = _Held(holder)
-        weakref.finalize(handle, self._release, key)
-        return handle
-
-    def _release(self, key: int) -> None:
-        entry = self.live[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self.live[key]
-
-    def measure(self, step) -> int:
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda handle: handle.holder[0]):
-            step()
-        return self.peak
-
-
-class _Held:
-    def __init__(self, holder) -> None:
-        self.holder = holder
 
 
 def peak_saved_bytes(algorithm: str, steps: int, engine: str) -> int:
