@@ -274,7 +274,7 @@ def test_a_trial_whose_machine_went_silent_is_queued_again_by_another(tmp_path, 
         lost = study.ask()  # a trial begun on a machine that then went silent
         task.search.sample(lost)
         open_storage(database).record_heartbeat(lost._trial_id)
-    time.sleep(3.5)
+    time.sleep(4.5)  # past the grace, at the whole-second resolution of the stored beats
     with HyperparameterTuner.create(task, tmp_path / "b", storage=database, pruner="none") as here:
         lines = []
         here.optimize(2, echo=lines.append)
