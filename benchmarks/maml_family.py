@@ -51,6 +51,8 @@ from fewshot_metaopt.learners import ALGORITHMS
 from fewshot_metaopt.models import conv4
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from precision import machine as cpu_and_torch  # noqa: E402
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "omniglot"
 
 # Finn et al.'s inner loops: 5-way lr 0.4, 1 step (3 at test); 20-way lr 0.1, 5 steps.
@@ -79,18 +81,12 @@ DEFAULT_ALGORITHMS = ["maml", "fomaml", "meta_sgd", "reptile", "imaml", "proto_m
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):  # pragma: no cover - not Linux
-        pass
+    """The CPU and torch's settings (benchmarks/precision.py), the core count and the load."""
     try:
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:  # pragma: no cover - not Linux
         load = "unknown"
-    return (f"{cpu}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-            f"get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()}; load average {load}")
+    return f"{cpu_and_torch()}; {os.cpu_count()} cores; load average {load}"
 
 
 def splits(data_root: Path, glyph_characters: int):
