@@ -217,10 +217,10 @@ def test_cache_reused_on_second_load(ravi_root, cache_dir, monkeypatch):
     assert entry.name.startswith("train-84px-")
     assert not list(entry.parent.glob("*.partial"))
 
-    def boom(path, size):
+    def boom(paths, size):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(mi, "_decode_image", boom)
+    monkeypatch.setattr(mi, "_decode_all", boom)
     second = MiniImageNet(ravi_root, split="train", cache_dir=cache_dir)
     assert torch.equal(first.images, second.images) and first.class_names == second.class_names
     assert second.cache_paths == [entry]

@@ -31,16 +31,15 @@ import csv
 import hashlib
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import cache
 from .base import ClassImageDataset
+from .image_decoding import decode_files
 # UnsafePickleError stays importable from here: load_pickle raises it.
 from .safe_pickle import WITH_PYTHON3_BYTES, UnsafePickleError, load_numpy_pickle  # noqa: F401
 
@@ -57,7 +56,6 @@ PICKLE_NAMES = {
 CSV_HEADER = ("filename", "label")
 # Bumped whenever decoding changes, so that older cache entries are not read back.
 _CACHE_VERSION = "miniimagenet-v1-lanczos-rgb"
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------- split CSVs
@@ -183,36 +181,9 @@ def _pickle_classes(path: Path, image_size: int) -> tuple[np.ndarray, dict[str, 
 # --------------------------------------------------------------------------- image folder
 
 
-def _decode_image(path: Path, size: int) -> np.ndarray:
-    """One image as uint8 ``(3, size, size)`` RGB."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), resample=Image.Resampling.LANCZOS)
-            pixels = np.asarray(im, dtype=np.uint8)
-    except _DECODE_ERRORS as err:
-        raise ValueError(
-            f"{NAME}: cannot decode image {path} ({type(err).__name__}: {err}); the file is "
-            f"corrupt or not an image: replace it with the original"
-        ) from None
-    return pixels.transpose(2, 0, 1)
-
-
 def _decode_all(paths: Sequence[Path], size: int) -> np.ndarray:
-    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
-
-    def work(i: int) -> None:
-        out[i] = _decode_image(paths[i], size)
-
-    # PIL releases the GIL while decoding and resizing, so threads use every core.
-    pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(paths))))
-    try:
-        for _ in pool.map(work, range(len(paths))):
-            pass
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return out
+    """The images as uint8 ``(N, 3, size, size)`` RGB, resized with LANCZOS where needed."""
+    return decode_files(paths, size, "RGB", NAME, "the file is corrupt or not an image: replace it with the original")
 
 
 def _images_digest(image_dir: Path, filenames: Sequence[str]) -> str:
